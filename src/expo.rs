@@ -1,0 +1,1 @@
+//! Prometheus text exposition primitives (stub, being written).
