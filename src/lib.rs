@@ -1,5 +1,13 @@
 //! shmetrics: lock-free per-worker Prometheus metrics in shared memory for nginx/OpenResty.
 //!
-//! See `docs/design.md` for the shared-memory layout and the reader protocol.
+//! The C ABI is in [`ffi`]; `docs/layout.md` has the shared-memory layout and the
+//! reader protocol; `lua/resty/shmetrics.lua` is the module nginx users call.
 
+pub mod error;
 pub mod expo;
+pub mod ffi;
+pub mod hash;
+pub mod layout;
+pub mod region;
+pub mod render;
+pub mod store;

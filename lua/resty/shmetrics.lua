@@ -1,0 +1,768 @@
+-- resty.shmetrics: Prometheus metrics for nginx Lua code, recorded lock-free into
+-- per-worker shared memory by libshmetrics.so. See README.md for the API.
+
+local ffi = require "ffi"
+
+local type = type
+local error = error
+local tostring = tostring
+local tonumber = tonumber
+local pairs = pairs
+local ipairs = ipairs
+local select = select
+local setmetatable = setmetatable
+local floor = math.floor
+local concat = table.concat
+local str_find = string.find
+local str_format = string.format
+local ffi_new = ffi.new
+local ffi_string = ffi.string
+local ffi_cast = ffi.cast
+local ngx = ngx
+
+local INF = math.huge
+
+local _M = {
+    _VERSION = "0.1.0",
+    -- Must equal shmetrics_abi_version() and SHMETRICS_ABI_VERSION in the header.
+    ABI_VERSION = 1,
+}
+
+ffi.cdef [[
+typedef struct shmetrics_region shmetrics_region;
+typedef struct shmetrics_render shmetrics_render;
+typedef struct shmetrics_options {
+    uint32_t max_series;
+    uint32_t max_families;
+    uint32_t max_slots;
+    uint32_t max_label_bytes;
+    uint32_t max_cells;
+    uint32_t flags;
+    uint64_t arena_bytes;
+} shmetrics_options;
+
+uint32_t shmetrics_abi_version(void);
+const char *shmetrics_strerror(int32_t code);
+uintptr_t shmetrics_last_error(char *buf, uintptr_t cap);
+int32_t shmetrics_open(const char *path, uintptr_t path_len,
+                       const shmetrics_options *opts,
+                       const shmetrics_region **out);
+int32_t shmetrics_family(const shmetrics_region *r, uint32_t kind,
+                         const char *name, uintptr_t name_len,
+                         const char *help, uintptr_t help_len,
+                         const char *const *labels, const uintptr_t *label_lens,
+                         uint32_t nlabels, const double *bounds, uint32_t nbounds);
+const uint32_t *shmetrics_family_gen(const shmetrics_region *r, uint32_t fam);
+const double *shmetrics_family_bounds(const shmetrics_region *r, uint32_t fam);
+int32_t shmetrics_series(const shmetrics_region *r, uint32_t fam,
+                         const char *const *values, const uintptr_t *lens,
+                         uint32_t n);
+int32_t shmetrics_delete(const shmetrics_region *r, uint32_t fam,
+                         const char *const *values, const uintptr_t *lens,
+                         uint32_t n);
+int32_t shmetrics_reset(const shmetrics_region *r, uint32_t fam);
+int32_t shmetrics_claim_slot(const shmetrics_region *r);
+double *shmetrics_slot_cells(const shmetrics_region *r, uint32_t slot);
+void shmetrics_count_error(const shmetrics_region *r, uint32_t reason);
+void shmetrics_observe(double *cells, uint32_t base, const double *bounds,
+                       uint32_t nbounds, double v);
+int32_t shmetrics_render_open(const shmetrics_region *r, uint32_t format,
+                              shmetrics_render **out);
+int32_t shmetrics_render_next(shmetrics_render *it, uintptr_t hint,
+                              const char **chunk, uintptr_t *len);
+void shmetrics_render_close(shmetrics_render *it);
+]]
+
+-- Mirrors of the header's constants (a test checks they agree).
+local E_LABEL_COUNT = -3
+local E_LABEL_TOO_LONG = -4
+local E_FULL = -5
+local E_NO_SLOT = -6
+
+local OPEN_RECREATED = 2
+local FORMAT_TEXT = 0
+local FLAG_RESET = 1
+
+local KIND_COUNTER = 0
+local KIND_GAUGE = 1
+local KIND_HISTOGRAM = 2
+
+local CELL_GAUGE_SEQ = 0
+local CELL_ERRORS = 8
+local STAMP_SLOTS = 4096
+
+-- Hot-path error reasons: index into the reasons list of the library.
+local R = {
+    label_count = 0, label_type = 1, label_too_long = 2, value_type = 3,
+    value_nan = 4, value_negative = 5, value_infinite = 6, store_full = 7,
+    no_slot = 8, not_in_worker = 9, internal = 10,
+}
+
+local CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+-- The default buckets of nginx-lua-prometheus, so switching keeps dashboards.
+local DEFAULT_BUCKETS = { 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3,
+                          0.4, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 10 }
+
+local MAX_LABELS = 10
+
+local lib               -- the loaded library (namespace: call lib.fn, never cache fn)
+
+-- Scratch buffers, allocated once per VM and reused on every call.
+local vals_buf = ffi_new("const char *[?]", MAX_LABELS)
+local lens_buf = ffi_new("uintptr_t[?]", MAX_LABELS)
+local region_out = ffi_new("const shmetrics_region *[1]")
+local render_out = ffi_new("shmetrics_render *[1]")
+local chunk_out = ffi_new("const char *[1]")
+local len_out = ffi_new("uintptr_t[1]")
+local errbuf_len = 1024
+local errbuf = ffi_new("char[?]", errbuf_len)
+
+local function last_error(code)
+    local n = tonumber(lib.shmetrics_last_error(errbuf, errbuf_len))
+    if n == 0 then
+        return ffi_string(lib.shmetrics_strerror(code))
+    end
+    if n > errbuf_len then
+        n = errbuf_len
+    end
+    return ffi_string(errbuf, n)
+end
+
+-- Finds libshmetrics.so through package.cpath, the one place users configure.
+local function find_library(explicit)
+    if explicit then
+        return explicit
+    end
+    for template in package.cpath:gmatch("[^;]+") do
+        local path = template:gsub("%?", "libshmetrics")
+        local f = io.open(path, "rb")
+        if f then
+            f:close()
+            return path
+        end
+    end
+    return nil
+end
+
+local function load_library(explicit)
+    if lib then
+        return lib
+    end
+    local path = find_library(explicit)
+    if not path then
+        error("libshmetrics.so not found in package.cpath (" .. package.cpath
+              .. "); add its directory to lua_package_cpath", 3)
+    end
+    local ok, l = pcall(ffi.load, path)
+    if not ok then
+        error("cannot load " .. path .. ": " .. tostring(l), 3)
+    end
+    local v = l.shmetrics_abi_version()
+    if v ~= _M.ABI_VERSION then
+        error(str_format("%s implements ABI version %d but this Lua module needs %d; "
+                         .. "install matching versions", path, v, _M.ABI_VERSION), 3)
+    end
+    lib = l
+    return lib
+end
+
+local function phase()
+    if ngx and ngx.get_phase then
+        return ngx.get_phase()
+    end
+    return "standalone"
+end
+
+local function log(level, ...)
+    if ngx and ngx.log then
+        ngx.log(level, ...)
+    end
+end
+
+-- A label value as the string stored in the registry. Strings pass through;
+-- numbers are written exactly (integers without exponent or fraction).
+local function number_label(v)
+    if v == floor(v) and v > -2^53 and v < 2^53 then
+        return str_format("%d", v)
+    end
+    if v ~= v then
+        return "NaN"
+    elseif v == INF then
+        return "+Inf"
+    elseif v == -INF then
+        return "-Inf"
+    end
+    local s = str_format("%.15g", v)
+    if tonumber(s) ~= v then
+        s = str_format("%.17g", v)
+    end
+    return s
+end
+
+-- Generated label-cache walkers: walk[n](cache, lv) returns the cell cached for
+-- the n label values in lv, or nil. Loop-free, so LuaJIT compiles them into the
+-- caller's trace; built once at load time.
+local walk = {}
+do
+    walk[0] = function(cache, lv)
+        if lv ~= nil and (type(lv) ~= "table" or lv[1] ~= nil) then
+            return nil
+        end
+        return cache[1]
+    end
+    for n = 1, MAX_LABELS do
+        local src = { "local type = type\nreturn function(cache, lv)\n",
+                      "if type(lv) ~= 'table' then return nil end\n",
+                      "local t = cache[lv[1]]\n" }
+        for i = 2, n do
+            src[#src + 1] = "if t == nil then return nil end\n"
+            src[#src + 1] = "t = t[lv[" .. i .. "]]\n"
+        end
+        src[#src + 1] = "if lv[" .. (n + 1) .. "] ~= nil then return nil end\n"
+        src[#src + 1] = "return t\nend\n"
+        walk[n] = assert(loadstring(concat(src), "=shmetrics.walk" .. n))()
+    end
+end
+
+-- Keys worth caching: strings and integral numbers (whose label text is exact).
+local function cacheable(v)
+    return type(v) == "string" or (v == floor(v) and v > -2^53 and v < 2^53)
+end
+
+local anchors = {}  -- keeps converted label strings alive during an FFI call
+
+-- Fills vals_buf/lens_buf from lv. Returns true, or nil, err, reason.
+local function fill_labels(self, lv)
+    local n = self.nlabels
+    if n == 0 then
+        if lv ~= nil and (type(lv) ~= "table" or lv[1] ~= nil) then
+            return nil, self.name .. " has no labels; label_values must be nil or empty", R.label_count
+        end
+        return true
+    end
+    if type(lv) ~= "table" then
+        return nil, str_format("%s needs a table of %d label values, got %s",
+                               self.name, n, type(lv)), R.label_count
+    end
+    for i = 1, n do
+        local v = lv[i]
+        local tv = type(v)
+        if tv == "number" then
+            v = number_label(v)
+            anchors[i] = v
+        elseif tv ~= "string" then
+            if v == nil then
+                return nil, str_format("%s needs %d label values, got %d",
+                                       self.name, n, i - 1), R.label_count
+            end
+            return nil, str_format("%s: label value #%d is a %s; want a string or number",
+                                   self.name, i, tv), R.label_type
+        end
+        vals_buf[i - 1] = v
+        lens_buf[i - 1] = #v
+    end
+    if lv[n + 1] ~= nil then
+        return nil, str_format("%s needs %d label values, got more", self.name, n), R.label_count
+    end
+    return true
+end
+
+local function reason_of(code)
+    if code == E_LABEL_COUNT then
+        return R.label_count
+    elseif code == E_LABEL_TOO_LONG then
+        return R.label_too_long
+    elseif code == E_FULL then
+        return R.store_full
+    elseif code == E_NO_SLOT then
+        return R.no_slot
+    end
+    return R.internal
+end
+
+------------------------------------------------------------------------------
+-- Metrics
+
+local Metric = {}
+Metric.__index = Metric
+
+-- Counts a hot-path error in this process's slot and returns nil, err.
+local function fail(self, err, reason)
+    local cells = self.cells
+    if cells ~= nil then
+        cells[CELL_ERRORS + reason] = cells[CELL_ERRORS + reason] + 1
+    elseif reason ~= R.not_in_worker then
+        lib.shmetrics_count_error(self.reg.h, reason)
+    end
+    return nil, err
+end
+
+-- Attaches this process's slot to every metric of the registry (first write).
+local function attach_slot(self)
+    local reg = self.reg
+    if reg.cells == nil then
+        if phase() == "init" then
+            return nil, "metrics cannot be recorded in init_by_lua (the master); "
+                        .. "record them in a worker", R.not_in_worker
+        end
+        local slot = lib.shmetrics_claim_slot(reg.h)
+        if slot < 0 then
+            local err = last_error(slot)
+            log(ngx and ngx.ERR, "shmetrics: ", err)
+            return nil, err, R.no_slot
+        end
+        reg.slot = slot
+        reg.cells = lib.shmetrics_slot_cells(reg.h, slot)
+        reg.shared = lib.shmetrics_slot_cells(reg.h, 0)
+        for _, m in pairs(reg.metrics) do
+            m.cells = reg.cells
+            m.shared = reg.shared
+            m.slot = slot
+        end
+    end
+    return true
+end
+
+-- The slow path of every update: slot attachment, cache refresh after a
+-- del/reset elsewhere, series lookup or creation, and the label cache fill.
+-- Returns the series' first cell, or nil, err, reason.
+local function resolve(self, lv)
+    if self.cells == nil then
+        local ok, err, reason = attach_slot(self)
+        if not ok then
+            return nil, err, reason
+        end
+    end
+    local gen = self.genp[0]
+    if gen ~= self.gen then
+        self.cache = {}
+        self.gen = gen
+    end
+    local cell = self.walk(self.cache, lv)
+    if cell then
+        return cell
+    end
+    local ok, err, reason = fill_labels(self, lv)
+    if not ok then
+        return nil, err, reason
+    end
+    local n = self.nlabels
+    local rc = lib.shmetrics_series(self.reg.h, self.fam, vals_buf, lens_buf, n)
+    for i = 1, n do
+        anchors[i] = nil
+    end
+    if rc < 0 then
+        return nil, self.name .. ": " .. last_error(rc), reason_of(rc)
+    end
+    if n == 0 then
+        self.cache[1] = rc
+        return rc
+    end
+    local t = self.cache
+    for i = 1, n - 1 do
+        local k = lv[i]
+        if not cacheable(k) then
+            return rc
+        end
+        local sub = t[k]
+        if sub == nil then
+            sub = {}
+            t[k] = sub
+        end
+        t = sub
+    end
+    if cacheable(lv[n]) then
+        t[lv[n]] = rc
+    end
+    return rc
+end
+
+-- Finds the cell of lv on the fast path, or falls back to resolve().
+-- Inlined by hand in each method below to keep the hot path one trace.
+
+local Counter = setmetatable({}, Metric)
+Counter.__index = Counter
+
+--- counter:inc(value?, label_values?) -> true | nil, err
+function Counter:inc(value, lv)
+    if value == nil then
+        value = 1
+    elseif type(value) ~= "number" then
+        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
+    elseif not (value >= 0 and value < INF) then
+        if value ~= value then
+            return fail(self, self.name .. ": value is NaN", R.value_nan)
+        elseif value < 0 then
+            return fail(self, self.name .. ": counters cannot decrease (value " .. value .. ")", R.value_negative)
+        end
+        return fail(self, self.name .. ": value is infinite", R.value_infinite)
+    end
+    local cells = self.cells
+    local cell = self.walk(self.cache, lv)
+    if cell == nil or cells == nil or self.genp[0] ~= self.gen then
+        local err, reason
+        cell, err, reason = resolve(self, lv)
+        if not cell then
+            return fail(self, err, reason)
+        end
+        cells = self.cells
+    end
+    cells[cell] = cells[cell] + value
+    return true
+end
+
+local Gauge = setmetatable({}, Metric)
+Gauge.__index = Gauge
+
+--- gauge:set(value, label_values?) -> true | nil, err   (last writer wins)
+function Gauge:set(value, lv)
+    if type(value) ~= "number" then
+        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
+    elseif value ~= value then
+        return fail(self, self.name .. ": value is NaN", R.value_nan)
+    end
+    local cells = self.cells
+    local cell = self.walk(self.cache, lv)
+    if cell == nil or cells == nil or self.genp[0] ~= self.gen then
+        local err, reason
+        cell, err, reason = resolve(self, lv)
+        if not cell then
+            return fail(self, err, reason)
+        end
+        cells = self.cells
+    end
+    -- A stamp unique to this write: the slot's own sequence and the slot number.
+    local seq = cells[CELL_GAUGE_SEQ] + 1
+    cells[CELL_GAUGE_SEQ] = seq
+    local stamp = seq * STAMP_SLOTS + self.slot
+    cells[cell] = value
+    cells[cell + 1] = stamp
+    -- Publishing the stamp last makes this set the one readers use.
+    self.shared[cell] = stamp
+    return true
+end
+
+--- gauge:inc(value?, label_values?) -> true | nil, err   (adds up across workers)
+function Gauge:inc(value, lv)
+    if value == nil then
+        value = 1
+    elseif type(value) ~= "number" then
+        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
+    elseif not (value > -INF and value < INF) then
+        if value ~= value then
+            return fail(self, self.name .. ": value is NaN", R.value_nan)
+        end
+        return fail(self, self.name .. ": value is infinite", R.value_infinite)
+    end
+    local cells = self.cells
+    local cell = self.walk(self.cache, lv)
+    if cell == nil or cells == nil or self.genp[0] ~= self.gen then
+        local err, reason
+        cell, err, reason = resolve(self, lv)
+        if not cell then
+            return fail(self, err, reason)
+        end
+        cells = self.cells
+    end
+    -- Deltas count only since the last set (whose stamp is shared).
+    local stamp = self.shared[cell]
+    if cells[cell + 3] ~= stamp then
+        cells[cell + 2] = 0
+        cells[cell + 3] = stamp
+    end
+    cells[cell + 2] = cells[cell + 2] + value
+    return true
+end
+
+--- gauge:dec(value?, label_values?)
+function Gauge:dec(value, lv)
+    if value == nil then
+        value = 1
+    elseif type(value) ~= "number" then
+        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
+    end
+    return self:inc(-value, lv)
+end
+
+local Histogram = setmetatable({}, Metric)
+Histogram.__index = Histogram
+
+--- histogram:observe(value, label_values?) -> true | nil, err
+function Histogram:observe(value, lv)
+    if type(value) ~= "number" then
+        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
+    elseif not (value > -INF and value < INF) then
+        if value ~= value then
+            return fail(self, self.name .. ": value is NaN", R.value_nan)
+        end
+        return fail(self, self.name .. ": value is infinite", R.value_infinite)
+    end
+    local cells = self.cells
+    local cell = self.walk(self.cache, lv)
+    if cell == nil or cells == nil or self.genp[0] ~= self.gen then
+        local err, reason
+        cell, err, reason = resolve(self, lv)
+        if not cell then
+            return fail(self, err, reason)
+        end
+        cells = self.cells
+    end
+    lib.shmetrics_observe(cells, cell, self.bounds, self.nbounds, value)
+    return true
+end
+
+--- metric:del(label_values) -> true | nil, err
+function Metric:del(lv)
+    local ok, err = fill_labels(self, lv)
+    if not ok then
+        return nil, err
+    end
+    local rc = lib.shmetrics_delete(self.reg.h, self.fam, vals_buf, lens_buf, self.nlabels)
+    for i = 1, self.nlabels do
+        anchors[i] = nil
+    end
+    if rc < 0 then
+        return nil, self.name .. ": " .. last_error(rc)
+    end
+    return true
+end
+
+--- metric:reset() -> true | nil, err
+function Metric:reset()
+    local rc = lib.shmetrics_reset(self.reg.h, self.fam)
+    if rc < 0 then
+        return nil, self.name .. ": " .. last_error(rc)
+    end
+    return true
+end
+
+------------------------------------------------------------------------------
+-- The registry
+
+local Registry = {}
+Registry.__index = Registry
+
+local registries = {}
+
+local function check_labels(names, what)
+    if names == nil then
+        return {}
+    end
+    if type(names) ~= "table" then
+        error("bad argument \"" .. what .. "\": want a table of strings, got " .. type(names), 3)
+    end
+    local n = #names
+    for k in pairs(names) do
+        if type(k) ~= "number" or k < 1 or k > n or k ~= floor(k) then
+            error("bad argument \"" .. what .. "\": want an array of strings", 3)
+        end
+    end
+    for i = 1, n do
+        if type(names[i]) ~= "string" then
+            error(str_format("bad argument \"%s\": entry #%d is a %s, not a string",
+                             what, i, type(names[i])), 3)
+        end
+    end
+    if n > MAX_LABELS then
+        error(str_format("bad argument \"%s\": %d labels; at most %d", what, n, MAX_LABELS), 3)
+    end
+    return names
+end
+
+local function define(self, kind, proto, name, help, label_names, buckets)
+    if type(name) ~= "string" then
+        error("bad argument \"name\": want a string, got " .. type(name), 3)
+    end
+    if help ~= nil and type(help) ~= "string" then
+        error("bad argument \"help\": want a string, got " .. type(help), 3)
+    end
+    help = help or ""
+    label_names = check_labels(label_names, "label_names")
+    local n = #label_names
+    local labels = ffi_new("const char *[?]", MAX_LABELS)
+    local lens = ffi_new("uintptr_t[?]", MAX_LABELS)
+    for i = 1, n do
+        labels[i - 1] = label_names[i]
+        lens[i - 1] = #label_names[i]
+    end
+    local bounds, nb = nil, 0
+    if kind == KIND_HISTOGRAM then
+        buckets = buckets or DEFAULT_BUCKETS
+        if type(buckets) ~= "table" then
+            error("bad argument \"buckets\": want an array of numbers, got " .. type(buckets), 3)
+        end
+        nb = #buckets
+        bounds = ffi_new("double[?]", nb + 1)
+        for i = 1, nb do
+            if type(buckets[i]) ~= "number" then
+                error(str_format("bad argument \"buckets\": entry #%d is a %s, not a number",
+                                 i, type(buckets[i])), 3)
+            end
+            bounds[i - 1] = buckets[i]
+        end
+    elseif buckets ~= nil then
+        error("bad argument #4: only histograms take buckets (nginx-lua-prometheus's "
+              .. "exptime is not supported)", 3)
+    end
+    local fam = lib.shmetrics_family(self.h, kind, name, #name, help, #help,
+                                     labels, lens, n, bounds, nb)
+    if fam < 0 then
+        error(last_error(fam), 3)
+    end
+    local existing = self.metrics[fam]
+    if existing then
+        return existing
+    end
+    local genp = lib.shmetrics_family_gen(self.h, fam)
+    local m = setmetatable({
+        reg = self,
+        name = name,
+        fam = fam,
+        kind = kind,
+        nlabels = n,
+        label_names = label_names,
+        walk = walk[n],
+        cache = {},
+        genp = genp,
+        gen = genp[0],
+        cells = self.cells,
+        shared = self.shared,
+        slot = self.slot,
+    }, proto)
+    if kind == KIND_HISTOGRAM then
+        m.bounds = lib.shmetrics_family_bounds(self.h, fam)
+        -- the library drops a trailing +Inf
+        m.nbounds = (buckets[nb] == INF) and nb - 1 or nb
+    end
+    self.metrics[fam] = m
+    if n == 0 then
+        -- A metric without labels is exposed (as 0) from the start.
+        local rc = lib.shmetrics_series(self.h, fam, nil, nil, 0)
+        if rc >= 0 then
+            m.cache[1] = rc
+        end
+    end
+    return m
+end
+
+--- prometheus:counter(name, help?, label_names?) -> counter
+function Registry:counter(name, help, label_names, extra)
+    return define(self, KIND_COUNTER, Counter, name, help, label_names, extra)
+end
+
+--- prometheus:gauge(name, help?, label_names?) -> gauge
+function Registry:gauge(name, help, label_names, extra)
+    return define(self, KIND_GAUGE, Gauge, name, help, label_names, extra)
+end
+
+--- prometheus:histogram(name, help?, label_names?, buckets?) -> histogram
+function Registry:histogram(name, help, label_names, buckets)
+    return define(self, KIND_HISTOGRAM, Histogram, name, help, label_names, buckets)
+end
+
+-- Renders the exposition, handing each piece to `emit`. Returns true or nil, err.
+local function render(self, emit)
+    local rc = lib.shmetrics_render_open(self.h, FORMAT_TEXT, render_out)
+    if rc < 0 then
+        return nil, last_error(rc)
+    end
+    local it = ffi.gc(render_out[0], lib.shmetrics_render_close)
+    local hint = self.chunk_bytes
+    while true do
+        rc = lib.shmetrics_render_next(it, hint, chunk_out, len_out)
+        if rc <= 0 then
+            break
+        end
+        emit(ffi_string(chunk_out[0], len_out[0]))
+    end
+    ffi.gc(it, nil)
+    lib.shmetrics_render_close(it)
+    if rc < 0 then
+        return nil, last_error(rc)
+    end
+    return true
+end
+
+--- prometheus:metric_data() -> string | nil, err
+function Registry:metric_data()
+    local parts = {}
+    local ok, err = render(self, function(s) parts[#parts + 1] = s end)
+    if not ok then
+        return nil, err
+    end
+    return concat(parts)
+end
+
+--- prometheus:collect()   (content_by_lua: serves the exposition)
+function Registry:collect()
+    ngx.header.content_type = CONTENT_TYPE_TEXT
+    local ok, err = render(self, ngx.print)
+    if not ok then
+        log(ngx.ERR, "shmetrics: rendering failed: ", err)
+        return ngx.exit(ngx.HTTP_INTERNAL_SERVER_ERROR)
+    end
+end
+
+local OPTIONS = {
+    path = "string", max_series = "number", max_families = "number",
+    max_slots = "number", max_label_bytes = "number", max_cells = "number",
+    arena_bytes = "number", reset = "boolean", chunk_bytes = "number",
+    lib_path = "string",
+}
+
+--- shmetrics.init(name, options?) -> registry
+-- Call in init_by_lua (the master maps the region before forking the workers).
+function _M.init(name, opts)
+    if type(name) ~= "string" or not str_find(name, "^[%w_.-]+$") then
+        error("bad argument \"name\": want a name of letters, digits, '_', '.', '-'", 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad argument \"options\": want a table, got " .. type(opts), 2)
+    end
+    opts = opts or {}
+    for k, v in pairs(opts) do
+        local want = OPTIONS[k]
+        if not want then
+            error("bad option \"" .. tostring(k) .. "\": unknown", 2)
+        end
+        if type(v) ~= want then
+            error(str_format("bad option \"%s\": want a %s, got %s", k, want, type(v)), 2)
+        end
+        if want == "number" and (v < 0 or v ~= floor(v) or v > 2^40) then
+            error(str_format("bad option \"%s\": want a non-negative integer, got %s", k, tostring(v)), 2)
+        end
+    end
+    local existing = registries[name]
+    if existing then
+        return existing
+    end
+    load_library(opts.lib_path)
+    local path = opts.path or ("/dev/shm/shmetrics-" .. name)
+    local o = ffi_new("shmetrics_options")
+    o.max_series = opts.max_series or 0
+    o.max_families = opts.max_families or 0
+    o.max_slots = opts.max_slots or 0
+    o.max_label_bytes = opts.max_label_bytes or 0
+    o.max_cells = opts.max_cells or 0
+    o.arena_bytes = opts.arena_bytes or 0
+    o.flags = opts.reset and FLAG_RESET or 0
+    local rc = lib.shmetrics_open(path, #path, o, region_out)
+    if rc < 0 then
+        error("shmetrics.init(\"" .. name .. "\"): " .. last_error(rc), 2)
+    end
+    if rc == OPEN_RECREATED then
+        log(ngx and ngx.WARN, "shmetrics: replaced region file ", path, ": ", last_error(rc))
+    end
+    local reg = setmetatable({
+        name = name,
+        path = path,
+        h = region_out[0],
+        metrics = {},
+        chunk_bytes = opts.chunk_bytes or 65536,
+    }, Registry)
+    registries[name] = reg
+    return reg
+end
+
+return _M

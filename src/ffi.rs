@@ -1,0 +1,478 @@
+//! The C ABI: every exported function, in one place.
+//!
+//! Conventions: functions return `int` codes (0 or a non-negative result on
+//! success, a negative `SHMETRICS_E_*` code on failure, with a detailed message
+//! from `shmetrics_last_error`); pointers are checked for NULL; every buffer
+//! comes with its length; outputs are written only on success. Each body runs
+//! inside [`guard`], so a panic becomes `SHMETRICS_E_INTERNAL` and never unwinds
+//! into LuaJIT (which would abort the nginx worker).
+
+#![allow(non_camel_case_types)]
+
+use std::ffi::c_char;
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use crate::error::{self, Error};
+use crate::expo::Format;
+use crate::layout::{Params, KIND_HISTOGRAM, MAX_LABELS};
+use crate::region::{self, Opened, Region};
+use crate::render::Render;
+use crate::store;
+
+/// Version of this ABI; bumped on any incompatible change. The Lua module and
+/// the header carry the same number and refuse to run with another.
+pub const SHMETRICS_ABI_VERSION: u32 = 1;
+
+pub const SHMETRICS_OK: i32 = error::OK;
+pub const SHMETRICS_E_INVALID: i32 = error::E_INVALID;
+pub const SHMETRICS_E_CONFLICT: i32 = error::E_CONFLICT;
+pub const SHMETRICS_E_LABEL_COUNT: i32 = error::E_LABEL_COUNT;
+pub const SHMETRICS_E_LABEL_TOO_LONG: i32 = error::E_LABEL_TOO_LONG;
+pub const SHMETRICS_E_FULL: i32 = error::E_FULL;
+pub const SHMETRICS_E_NO_SLOT: i32 = error::E_NO_SLOT;
+pub const SHMETRICS_E_IO: i32 = error::E_IO;
+pub const SHMETRICS_E_INTERNAL: i32 = error::E_INTERNAL;
+
+/// `shmetrics_open` results.
+pub const SHMETRICS_OPEN_CREATED: i32 = 0;
+pub const SHMETRICS_OPEN_ATTACHED: i32 = 1;
+pub const SHMETRICS_OPEN_RECREATED: i32 = 2;
+pub const SHMETRICS_OPEN_REUSED: i32 = 3;
+
+/// `shmetrics_options.flags`: discard an existing file (not on reload).
+pub const SHMETRICS_FLAG_RESET: u32 = 1;
+
+/// Exposition formats for `shmetrics_render_open`.
+pub const SHMETRICS_FORMAT_TEXT: u32 = 0;
+
+/// Sizes of a region. Zero means the default.
+#[repr(C)]
+pub struct shmetrics_options {
+    pub max_series: u32,
+    pub max_families: u32,
+    pub max_slots: u32,
+    pub max_label_bytes: u32,
+    pub max_cells: u32,
+    pub flags: u32,
+    pub arena_bytes: u64,
+}
+
+/// An opaque region handle.
+pub type shmetrics_region = Region;
+/// An opaque exposition iterator.
+pub type shmetrics_render = Render;
+
+fn fail(e: &Error) -> i32 {
+    error::set_last(e.message());
+    e.code()
+}
+
+/// Runs `f`, turning a panic into `on_panic` and a recorded message.
+fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error::set_last(&format!("internal error (a bug in shmetrics): {what}"));
+            on_panic
+        }
+    }
+}
+
+/// # Safety
+/// `p` must be NULL or point to `len` readable bytes.
+unsafe fn bytes<'a>(p: *const c_char, len: usize) -> Option<&'a [u8]> {
+    if p.is_null() {
+        return if len == 0 { Some(&[]) } else { None };
+    }
+    Some(std::slice::from_raw_parts(p.cast(), len))
+}
+
+/// # Safety
+/// `ptrs` and `lens` must be NULL or point to `n` entries, each pointer to its length in bytes.
+unsafe fn byte_list<'a>(
+    ptrs: *const *const c_char,
+    lens: *const usize,
+    n: u32,
+    arg: &str,
+) -> Result<Vec<&'a [u8]>, Error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if n as usize > MAX_LABELS {
+        return Err(Error::LabelCount(format!("{n} {arg}; at most {MAX_LABELS}")));
+    }
+    if ptrs.is_null() || lens.is_null() {
+        return Err(Error::invalid(format!("bad argument \"{arg}\": NULL")));
+    }
+    (0..n as usize)
+        .map(|i| bytes(*ptrs.add(i), *lens.add(i)).ok_or_else(|| Error::invalid(format!("bad argument \"{arg}\": entry {} is NULL", i + 1))))
+        .collect()
+}
+
+/// # Safety
+/// `r` must be NULL or a handle returned by `shmetrics_open`.
+unsafe fn region<'a>(r: *const Region) -> Result<&'a Region, Error> {
+    r.as_ref().ok_or_else(|| Error::invalid("bad argument \"region\": NULL".to_string()))
+}
+
+/// The ABI version this library implements (`SHMETRICS_ABI_VERSION`).
+#[no_mangle]
+pub extern "C" fn shmetrics_abi_version() -> u32 {
+    SHMETRICS_ABI_VERSION
+}
+
+/// A fixed, NUL-terminated description of an error code.
+#[no_mangle]
+pub extern "C" fn shmetrics_strerror(code: i32) -> *const c_char {
+    error::strerror(code).as_ptr().cast()
+}
+
+/// Copies the detailed message of this thread's last failed call into `buf`
+/// (at most `cap` bytes, not NUL-terminated) and returns its full length.
+///
+/// # Safety
+/// `buf` must be NULL or point to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_last_error(buf: *mut c_char, cap: usize) -> usize {
+    guard(0, || {
+        error::with_last(|m| {
+            if !buf.is_null() {
+                let n = m.len().min(cap);
+                // SAFETY: `buf` has `cap >= n` writable bytes (caller contract).
+                unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), buf.cast(), n) };
+            }
+            m.len()
+        })
+    })
+}
+
+/// Opens (creates, attaches or reuses) the region file at `path`.
+/// Returns one of `SHMETRICS_OPEN_*` and stores the handle in `*out`; for
+/// `SHMETRICS_OPEN_RECREATED`, `shmetrics_last_error` says why the old file was replaced.
+///
+/// # Safety
+/// `path` must point to `path_len` bytes; `opts` must be NULL or valid; `out` valid.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_open(
+    path: *const c_char,
+    path_len: usize,
+    opts: *const shmetrics_options,
+    out: *mut *const shmetrics_region,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            // SAFETY: caller contract.
+            let path = unsafe { bytes(path, path_len) }
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| Error::invalid("bad option \"path\": empty".to_string()))?;
+            if out.is_null() {
+                return Err(Error::invalid("bad argument \"out\": NULL".to_string()));
+            }
+            let mut params = Params::default();
+            let mut reset = false;
+            // SAFETY: caller contract: NULL or a valid options struct.
+            if let Some(o) = unsafe { opts.as_ref() } {
+                let pick = |v: u32, d: u32| if v == 0 { d } else { v };
+                params.max_series = pick(o.max_series, params.max_series);
+                params.max_families = pick(o.max_families, params.max_families);
+                params.max_slots = pick(o.max_slots, params.max_slots);
+                params.max_label_bytes = pick(o.max_label_bytes, params.max_label_bytes);
+                params.max_cells = o.max_cells;
+                params.arena_bytes = o.arena_bytes;
+                reset = o.flags & SHMETRICS_FLAG_RESET != 0;
+            }
+            let path = Path::new(std::ffi::OsStr::from_bytes(path));
+            let (r, how) = region::open(path, params, reset)?;
+            // SAFETY: `out` checked non-NULL above.
+            unsafe { *out = r };
+            Ok(match how {
+                Opened::Created => SHMETRICS_OPEN_CREATED,
+                Opened::Attached => SHMETRICS_OPEN_ATTACHED,
+                Opened::Reused => SHMETRICS_OPEN_REUSED,
+                Opened::Recreated(why) => {
+                    error::set_last(&why);
+                    SHMETRICS_OPEN_RECREATED
+                }
+            })
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Defines a metric family (or finds the identical existing one) and returns its id.
+/// `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
+///
+/// # Safety
+/// Every pointer/length pair must describe readable memory; `labels`/`label_lens` hold `nlabels` entries.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_family(
+    r: *const shmetrics_region,
+    kind: u32,
+    name: *const c_char,
+    name_len: usize,
+    help: *const c_char,
+    help_len: usize,
+    labels: *const *const c_char,
+    label_lens: *const usize,
+    nlabels: u32,
+    bounds: *const f64,
+    nbounds: u32,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            // SAFETY: caller contract for every pointer below.
+            let r = unsafe { region(r) }?;
+            let name = unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?;
+            let help = unsafe { bytes(help, help_len) }.ok_or_else(|| Error::invalid("bad argument \"help\": NULL".into()))?;
+            if nlabels as usize > MAX_LABELS {
+                return Err(Error::invalid(format!(
+                    "bad argument \"label_names\": {nlabels} labels; at most {MAX_LABELS}"
+                )));
+            }
+            let labels = unsafe { byte_list(labels, label_lens, nlabels, "label_names") }?;
+            let bounds: &[f64] = if nbounds == 0 || kind != KIND_HISTOGRAM && bounds.is_null() {
+                &[]
+            } else if bounds.is_null() || nbounds > 4096 {
+                return Err(Error::invalid("bad argument \"buckets\": NULL or too many".into()));
+            } else {
+                unsafe { std::slice::from_raw_parts(bounds, nbounds as usize) }
+            };
+            let def = store::FamilyDef { kind, name, help, labels: &labels, bounds };
+            Ok(r.define_family(&def)? as i32)
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Pointer to family `fam`'s deletion generation (changes on `del`/`reset`), or NULL.
+///
+/// # Safety
+/// `r` must be NULL or a region handle.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_family_gen(r: *const shmetrics_region, fam: u32) -> *const u32 {
+    guard(std::ptr::null(), || {
+        // SAFETY: caller contract.
+        let Ok(r) = (unsafe { region(r) }) else { return std::ptr::null() };
+        match r.live_family(fam) {
+            Ok(f) => f.gen.as_ptr() as *const u32,
+            Err(e) => {
+                fail(&e);
+                std::ptr::null()
+            }
+        }
+    })
+}
+
+/// Pointer to histogram family `fam`'s finite bucket bounds (in shared memory), or NULL.
+///
+/// # Safety
+/// `r` must be NULL or a region handle.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_family_bounds(r: *const shmetrics_region, fam: u32) -> *const f64 {
+    guard(std::ptr::null(), || {
+        // SAFETY: caller contract.
+        let Ok(r) = (unsafe { region(r) }) else { return std::ptr::null() };
+        match r.live_family(fam) {
+            Ok(f) if f.kind == KIND_HISTOGRAM => r.fam_bounds(f).as_ptr(),
+            _ => std::ptr::null(),
+        }
+    })
+}
+
+/// The first cell of series `fam{values}`, created if needed. Never blocks.
+///
+/// # Safety
+/// `values`/`lens` must hold `n` valid pointer/length pairs.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_series(
+    r: *const shmetrics_region,
+    fam: u32,
+    values: *const *const c_char,
+    lens: *const usize,
+    n: u32,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            // SAFETY: caller contract.
+            let r = unsafe { region(r) }?;
+            let values = unsafe { byte_list(values, lens, n, "label values") }?;
+            Ok(r.series_cell(fam, &values)? as i32)
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Deletes series `fam{values}`: 1 if it existed, 0 if not.
+///
+/// # Safety
+/// As `shmetrics_series`.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_delete(
+    r: *const shmetrics_region,
+    fam: u32,
+    values: *const *const c_char,
+    lens: *const usize,
+    n: u32,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            // SAFETY: caller contract.
+            let r = unsafe { region(r) }?;
+            let values = unsafe { byte_list(values, lens, n, "label values") }?;
+            Ok(r.delete_series(fam, &values)? as i32)
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Deletes every series of family `fam`; returns how many.
+///
+/// # Safety
+/// `r` must be NULL or a region handle.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_reset(r: *const shmetrics_region, fam: u32) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        // SAFETY: caller contract.
+        let res = unsafe { region(r) }.and_then(|r| r.reset_family(fam));
+        res.map(|n| n.min(i32::MAX as u32) as i32).unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// The slot this process writes (claimed on first call; >= 1), or a negative code.
+///
+/// # Safety
+/// `r` must be NULL or a region handle.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_claim_slot(r: *const shmetrics_region) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        // SAFETY: caller contract.
+        let res = unsafe { region(r) }.and_then(|r| r.claim_slot());
+        res.map(|s| s as i32).unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Slot `slot`'s cell array (slot 0: shared gauge stamps), or NULL if out of range.
+///
+/// # Safety
+/// `r` must be NULL or a region handle.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_slot_cells(r: *const shmetrics_region, slot: u32) -> *mut f64 {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: caller contract.
+        match unsafe { region(r) } {
+            Ok(r) if slot < r.params.max_slots => r.cells(slot),
+            _ => std::ptr::null_mut(),
+        }
+    })
+}
+
+/// Counts a hot-path error of `reason` (an index into the reasons list) for this process.
+///
+/// # Safety
+/// `r` must be NULL or a region handle.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_count_error(r: *const shmetrics_region, reason: u32) {
+    guard((), || {
+        // SAFETY: caller contract.
+        if let Ok(r) = unsafe { region(r) } {
+            r.count_error(reason)
+        }
+    })
+}
+
+/// Records `v` into a histogram series: the hot path of `observe`, unchecked.
+///
+/// # Safety
+/// `cells` must be the caller's own slot from `shmetrics_slot_cells`, `base` a
+/// cell returned by `shmetrics_series` for a histogram family, and
+/// `bounds`/`nbounds` that family's bounds from `shmetrics_family_bounds`.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_observe(cells: *mut f64, base: u32, bounds: *const f64, nbounds: u32, v: f64) {
+    // No guard: nothing here can panic (no indexing, no allocation), and the
+    // guard would cost more than the work.
+    // SAFETY: caller contract: `bounds` holds `nbounds` doubles.
+    let bounds = unsafe { std::slice::from_raw_parts(bounds, nbounds as usize) };
+    store::observe(cells, base, bounds, v);
+}
+
+/// Starts an exposition (`format`: `SHMETRICS_FORMAT_TEXT`).
+///
+/// # Safety
+/// `r` must be a region handle; `out` valid.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_render_open(
+    r: *const shmetrics_region,
+    format: u32,
+    out: *mut *mut shmetrics_render,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            // SAFETY: caller contract; regions are never freed ('static).
+            let r: &'static Region = unsafe { &*(region(r)? as *const Region) };
+            if out.is_null() {
+                return Err(Error::invalid("bad argument \"out\": NULL".into()));
+            }
+            let fmt = match format {
+                SHMETRICS_FORMAT_TEXT => Format::Text004,
+                _ => return Err(Error::invalid(format!("bad argument \"format\": {format}"))),
+            };
+            // SAFETY: `out` checked non-NULL.
+            unsafe { *out = Box::into_raw(Box::new(Render::new(r, fmt))) };
+            Ok(0)
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Renders the next piece (about `hint` bytes). Returns 1 and sets `*chunk`/`*len`
+/// (valid until the next call on `it`), or 0 when the exposition is complete.
+///
+/// # Safety
+/// `it` from `shmetrics_render_open`, not closed; `chunk`/`len` valid.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_render_next(
+    it: *mut shmetrics_render,
+    hint: usize,
+    chunk: *mut *const c_char,
+    len: *mut usize,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        // SAFETY: caller contract.
+        let Some(it) = (unsafe { it.as_mut() }) else {
+            return fail(&Error::invalid("bad argument \"it\": NULL".into()));
+        };
+        if chunk.is_null() || len.is_null() {
+            return fail(&Error::invalid("bad argument \"chunk\": NULL".into()));
+        }
+        if !it.next_chunk(hint.max(1)) {
+            return 0;
+        }
+        // SAFETY: checked non-NULL above.
+        unsafe {
+            *chunk = it.buf.as_ptr().cast();
+            *len = it.buf.len();
+        }
+        1
+    })
+}
+
+/// Frees an exposition iterator. NULL is ignored.
+///
+/// # Safety
+/// `it` from `shmetrics_render_open`, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_render_close(it: *mut shmetrics_render) {
+    guard((), || {
+        if !it.is_null() {
+            // SAFETY: `it` came from Box::into_raw in render_open and is closed once.
+            drop(unsafe { Box::from_raw(it) });
+        }
+    })
+}

@@ -1,0 +1,280 @@
+//! The shared-memory layout, version 1. `docs/layout.md` has the byte table.
+//!
+//! Every type here is `repr(C)` with explicit alignment and a compile-time size
+//! assertion, because the same bytes are read by processes that may run another
+//! build of this library (across a reload the old `.so` keeps running; across a
+//! restart the file may come from an older release). Any change to a size, an
+//! offset or the meaning of a field bumps [`LAYOUT_MAJOR`]; a field added in
+//! space that was zero before bumps [`LAYOUT_MINOR`].
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// First eight bytes of every region file.
+pub const MAGIC: [u8; 8] = *b"SHMETRC\x01";
+/// Incompatible layout changes.
+pub const LAYOUT_MAJOR: u16 = 1;
+/// Compatible additions (readers of an older minor ignore new fields).
+pub const LAYOUT_MINOR: u16 = 0;
+
+/// Cells at the start of every slot that do not belong to a series.
+pub const RESERVED_CELLS: u32 = 32;
+/// Reserved cell: the per-slot sequence behind `gauge:set` stamps.
+pub const CELL_GAUGE_SEQ: u32 = 0;
+/// Reserved cells `CELL_ERRORS + reason`: hot-path errors by reason.
+pub const CELL_ERRORS: u32 = 8;
+/// Slot 0 is not owned by any process: it holds the gauges' shared set stamps.
+pub const SHARED_SLOT: u32 = 0;
+/// Gauge `set` stamps are `seq * STAMP_SLOTS + slot`; so at most this many slots.
+pub const STAMP_SLOTS: u32 = 4096;
+
+/// Labels per metric (the users' own rule).
+pub const MAX_LABELS: usize = 10;
+/// Finite histogram buckets per metric.
+pub const MAX_BUCKETS: usize = 128;
+/// Longest metric or label name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest HELP text, in bytes.
+pub const MAX_HELP_BYTES: usize = 4096;
+
+/// Metric kinds, as stored in [`Family::kind`] and passed through the ABI.
+pub const KIND_COUNTER: u32 = 0;
+pub const KIND_GAUGE: u32 = 1;
+pub const KIND_HISTOGRAM: u32 = 2;
+
+/// Cells a gauge series uses in each slot: set value, set stamp, delta, delta stamp.
+pub const GAUGE_CELLS: u32 = 4;
+
+/// Hot-path error reasons; `CELL_ERRORS + reason` in each slot.
+pub const REASONS: [&str; 11] = [
+    "label_count",
+    "label_type",
+    "label_too_long",
+    "value_type",
+    "value_nan",
+    "value_negative",
+    "value_infinite",
+    "store_full",
+    "no_slot",
+    "not_in_worker",
+    "internal",
+];
+pub const REASON_NO_SLOT: u32 = 8;
+const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= RESERVED_CELLS as usize);
+
+/// Series and family states.
+pub const STATE_WRITING: u32 = 0;
+pub const STATE_LIVE: u32 = 1;
+pub const STATE_DELETED: u32 = 2;
+pub const STATE_ORPHAN: u32 = 3;
+
+/// The region header: constants written once by the creator, then counters.
+///
+/// Fields up to `created_unix` never change after creation. Counters sit on their
+/// own cache line; they change only when a family or series is created (cold path).
+#[repr(C, align(64))]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub major: u16,
+    pub minor: u16,
+    pub header_size: u32,
+    pub total_size: u64,
+    pub max_series: u32,
+    pub max_families: u32,
+    pub max_slots: u32,
+    pub max_label_bytes: u32,
+    pub max_cells: u32,
+    pub series_index_cap: u32,
+    pub family_index_cap: u32,
+    pub _pad0: u32,
+    pub arena_bytes: u64,
+    pub hash_seed: u64,
+    pub off_slots: u64,
+    pub off_families: u64,
+    pub off_family_index: u64,
+    pub off_series: u64,
+    pub off_series_index: u64,
+    pub off_arena: u64,
+    pub off_cells: u64,
+    pub created_unix: u64,
+    pub _pad1: [u8; 56],
+    // 192: counters.
+    pub families_used: AtomicU32,
+    pub series_used: AtomicU32,
+    pub cells_used: AtomicU32,
+    pub _pad2: u32,
+    pub arena_used: AtomicU64,
+    /// Updates dropped because no slot was free (no slot to count them in).
+    pub no_slot_errors: AtomicU64,
+    pub _pad3: [u8; 32],
+}
+const _: () = assert!(std::mem::size_of::<Header>() == 256);
+const _: () = assert!(std::mem::align_of::<Header>() == 64);
+
+/// Space reserved for the header; sections start after it.
+pub const HEADER_BYTES: u64 = 4096;
+
+/// One worker slot's ownership record.
+///
+/// `owner` packs `(start_time_low32 << 32) | pid`; 0 means never claimed. It is
+/// changed only by compare-and-swap, so exactly one process owns a slot.
+#[repr(C, align(64))]
+pub struct Slot {
+    pub owner: AtomicU64,
+    /// How many processes have owned this slot (1 for the first owner).
+    pub claims: AtomicU32,
+    pub _pad: [u8; 52],
+}
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+/// One metric family. Written by its creator before publication, then read-only
+/// except `state`, `gen` and `dropped`.
+#[repr(C, align(64))]
+pub struct Family {
+    pub state: AtomicU32,
+    /// Bumped by `del` and `reset`; workers compare it with the generation their
+    /// label cache was built under and drop the cache when it moved.
+    pub gen: AtomicU32,
+    pub kind: u32,
+    pub nlabels: u32,
+    pub nbounds: u32,
+    pub ncells: u32,
+    pub hash: u32,
+    pub name_off: u32,
+    pub name_len: u32,
+    /// Arena offset of `nlabels` pairs `(u32 offset, u32 length)` of label names.
+    pub labels_off: u32,
+    /// Arena offset of `nbounds` finite `f64` bucket bounds, 8-aligned.
+    pub bounds_off: u32,
+    pub _pad0: u32,
+    /// HELP text as `(arena offset << 32) | length`; replaced whole when a
+    /// redefinition (after a reload) brings a new text.
+    pub help: AtomicU64,
+    /// Series not created because the store was full.
+    pub dropped: AtomicU64,
+}
+const _: () = assert!(std::mem::size_of::<Family>() == 64);
+
+/// One series: a family plus label values, and where its cells start.
+#[repr(C, align(8))]
+pub struct Series {
+    pub state: AtomicU32,
+    pub family: u32,
+    /// Arena offset of the encoded label values: per value, a `u32` LE length then the bytes.
+    pub key_off: u32,
+    pub key_len: u32,
+    pub cell: u32,
+    pub hash: u32,
+}
+const _: () = assert!(std::mem::size_of::<Series>() == 24);
+
+/// Sizes a region is built with; all of them are stored in the header and must
+/// match for an existing file to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub max_series: u32,
+    pub max_families: u32,
+    pub max_slots: u32,
+    pub max_label_bytes: u32,
+    pub max_cells: u32,
+    pub arena_bytes: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            max_series: 100_000,
+            max_families: 1024,
+            max_slots: 64,
+            max_label_bytes: 1024,
+            max_cells: 0,
+            arena_bytes: 0,
+        }
+    }
+}
+
+/// Section offsets and total size derived from [`Params`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub series_index_cap: u32,
+    pub family_index_cap: u32,
+    pub slots: u64,
+    pub families: u64,
+    pub family_index: u64,
+    pub series: u64,
+    pub series_index: u64,
+    pub arena: u64,
+    pub cells: u64,
+    pub total: u64,
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+impl Params {
+    /// Fills the derived defaults: 8 cells and 128 arena bytes per series.
+    pub fn resolved(mut self) -> Params {
+        if self.max_cells == 0 {
+            let cells = RESERVED_CELLS as u64 + self.max_series as u64 * 8;
+            self.max_cells = cells.min(i32::MAX as u64) as u32;
+        }
+        if self.arena_bytes == 0 {
+            self.arena_bytes = 64 * 1024 + self.max_series as u64 * 128;
+        }
+        self
+    }
+
+    /// Checks the limits; returns the name of the offending option and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let p = self;
+        if p.max_series == 0 || p.max_series > 1 << 28 {
+            return Err(("max_series", format!("{} is not in 1..=268435456", p.max_series)));
+        }
+        if p.max_families == 0 || p.max_families > 1 << 20 {
+            return Err(("max_families", format!("{} is not in 1..=1048576", p.max_families)));
+        }
+        if p.max_slots < 2 || p.max_slots > STAMP_SLOTS - 1 {
+            return Err(("max_slots", format!("{} is not in 2..={}", p.max_slots, STAMP_SLOTS - 1)));
+        }
+        if p.max_label_bytes == 0 || p.max_label_bytes > 1 << 20 {
+            return Err(("max_label_bytes", format!("{} is not in 1..=1048576", p.max_label_bytes)));
+        }
+        if p.max_cells <= RESERVED_CELLS || p.max_cells > i32::MAX as u32 {
+            return Err(("max_cells", format!("{} is not in {}..=2147483647", p.max_cells, RESERVED_CELLS + 1)));
+        }
+        if p.arena_bytes < 4096 || p.arena_bytes > u32::MAX as u64 {
+            return Err(("arena_bytes", format!("{} is not in 4096..=4294967295", p.arena_bytes)));
+        }
+        let total = self.offsets().total;
+        if total > 1 << 40 {
+            return Err(("max_cells", format!("the region would need {total} bytes")));
+        }
+        Ok(())
+    }
+
+    /// Where each section starts. Every section is 64-byte aligned.
+    pub fn offsets(&self) -> Offsets {
+        let series_index_cap = (self.max_series as u64 * 2).next_power_of_two().max(16) as u32;
+        let family_index_cap = (self.max_families as u64 * 2).next_power_of_two().max(16) as u32;
+        let slots = HEADER_BYTES;
+        let families = align_up(slots + self.max_slots as u64 * 64, 64);
+        let family_index = align_up(families + self.max_families as u64 * 64, 64);
+        let series = align_up(family_index + family_index_cap as u64 * 4, 64);
+        let series_index = align_up(series + self.max_series as u64 * 24, 64);
+        let arena = align_up(series_index + series_index_cap as u64 * 4, 64);
+        let cells = align_up(arena + self.arena_bytes, 4096);
+        let total = cells + self.max_slots as u64 * self.max_cells as u64 * 8;
+        Offsets {
+            series_index_cap,
+            family_index_cap,
+            slots,
+            families,
+            family_index,
+            series,
+            series_index,
+            arena,
+            cells,
+            total,
+        }
+    }
+}

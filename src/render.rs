@@ -1,0 +1,274 @@
+//! Turning the store into an exposition, a bounded piece at a time.
+//!
+//! [`Render::new`] takes the list of live series (grouped by family, families in
+//! definition order) once; [`Render::next_chunk`] then renders until the output
+//! reaches a size hint, so the Lua side can hand each piece to nginx and let the
+//! event loop serve other requests in between. Series created after `new` appear
+//! in the next scrape.
+
+use std::sync::atomic::Ordering;
+
+use crate::expo::{self, Format};
+use crate::layout::*;
+use crate::region::Region;
+
+pub struct Render {
+    region: &'static Region,
+    fmt: Format,
+    /// Live series ids, grouped by family.
+    order: Vec<u32>,
+    /// `(family id, start, end)` ranges of `order`, in family id order.
+    groups: Vec<(u32, usize, usize)>,
+    /// Slots that were ever claimed (dead owners' counts still count).
+    slots: Vec<u32>,
+    group: usize,
+    pos: usize,
+    self_done: bool,
+    pub buf: Vec<u8>,
+    labels: Vec<u8>,
+    sums: Vec<f64>,
+}
+
+fn as_str(b: &[u8]) -> &str {
+    // Names were validated as ASCII at definition; a corrupt file gets "_".
+    std::str::from_utf8(b).unwrap_or("_")
+}
+
+impl Render {
+    pub fn new(region: &'static Region, fmt: Format) -> Render {
+        let h = region.header();
+        // Acquire: every id below these counts was allocated before; its state
+        // (loaded with Acquire below) tells whether it is complete.
+        let nfam = h.families_used.load(Ordering::Acquire).min(region.params.max_families);
+        let nser = h.series_used.load(Ordering::Acquire).min(region.params.max_series);
+        let mut count = vec![0usize; nfam as usize + 1];
+        let mut live = Vec::with_capacity(nser as usize);
+        for id in 0..nser {
+            let s = region.series(id);
+            if s.state.load(Ordering::Acquire) == STATE_LIVE && s.family < nfam {
+                let f = region.family(s.family);
+                let ok = f.state.load(Ordering::Acquire) == STATE_LIVE
+                    && s.cell as u64 + f.ncells as u64 <= region.params.max_cells as u64;
+                if ok {
+                    count[s.family as usize] += 1;
+                    live.push(id);
+                }
+            }
+        }
+        // Counting sort by family: O(series), keeps creation order within a family.
+        let mut start = vec![0usize; nfam as usize + 1];
+        let mut groups = Vec::new();
+        let mut acc = 0;
+        for fam in 0..nfam as usize {
+            start[fam] = acc;
+            if count[fam] > 0 {
+                groups.push((fam as u32, acc, acc + count[fam]));
+            }
+            acc += count[fam];
+        }
+        let mut order = vec![0u32; acc];
+        for id in live {
+            let fam = region.series(id).family as usize;
+            order[start[fam]] = id;
+            start[fam] += 1;
+        }
+        let slots = (1..region.params.max_slots)
+            .filter(|&i| region.slot(i).owner.load(Ordering::Acquire) != 0)
+            .collect();
+        Render {
+            region,
+            fmt,
+            order,
+            groups,
+            slots,
+            group: 0,
+            pos: 0,
+            self_done: false,
+            buf: Vec::with_capacity(64 * 1024),
+            labels: Vec::with_capacity(256),
+            sums: Vec::with_capacity(MAX_BUCKETS + 2),
+        }
+    }
+
+    /// Series left to render (for tests and progress).
+    pub fn remaining(&self) -> usize {
+        self.order.len() - self.pos.min(self.order.len())
+    }
+
+    /// Renders into `buf` (cleared first) until it holds at least `hint` bytes or
+    /// everything is rendered. Returns false when there was nothing left.
+    pub fn next_chunk(&mut self, hint: usize) -> bool {
+        self.buf.clear();
+        while self.buf.len() < hint {
+            if self.group < self.groups.len() {
+                self.render_some(hint);
+            } else if !self.self_done {
+                self.render_self();
+                self.self_done = true;
+            } else {
+                break;
+            }
+        }
+        !self.buf.is_empty()
+    }
+
+    /// Sum of cell `idx` over every claimed slot.
+    fn sum(&self, idx: u32) -> f64 {
+        self.slots.iter().map(|&s| self.region.cell(s, idx)).sum()
+    }
+
+    fn render_some(&mut self, hint: usize) {
+        let r = self.region;
+        let (fam, start, end) = self.groups[self.group];
+        let f = r.family(fam);
+        let name = as_str(r.arena(f.name_off, f.name_len).unwrap_or(b"_"));
+        if self.pos <= start {
+            self.pos = start;
+            let type_name = match f.kind {
+                KIND_COUNTER => "counter",
+                KIND_GAUGE => "gauge",
+                _ => "histogram",
+            };
+            expo::write_family_header(&mut self.buf, self.fmt, name, r.fam_help(f), type_name);
+        }
+        let label_names: Vec<&str> = r.fam_labels(f).into_iter().map(as_str).collect();
+        let bounds = r.fam_bounds(f);
+        let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
+        while self.pos < end && self.buf.len() < hint {
+            let s = r.series(self.order[self.pos]);
+            self.pos += 1;
+            values.clear();
+            if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values) || values.len() != label_names.len() {
+                continue;
+            }
+            self.labels.clear();
+            expo::write_label_pairs(&mut self.labels, &label_names, &values);
+            match f.kind {
+                KIND_COUNTER => {
+                    let v = self.sum(s.cell);
+                    expo::write_sample(&mut self.buf, name, "", &self.labels, None, v);
+                }
+                KIND_GAUGE => {
+                    let v = self.gauge_value(s.cell);
+                    expo::write_sample(&mut self.buf, name, "", &self.labels, None, v);
+                }
+                _ => self.render_histogram(name, bounds, s.cell),
+            }
+        }
+        if self.pos >= end {
+            self.group += 1;
+        }
+    }
+
+    /// A gauge's value: the last `set` (the slot named by the shared stamp) plus
+    /// every slot's `inc` deltas made since that set.
+    fn gauge_value(&self, base: u32) -> f64 {
+        let r = self.region;
+        let stamp = r.cell(SHARED_SLOT, base);
+        let mut v = 0.0;
+        if stamp > 0.0 {
+            let slot = (stamp % STAMP_SLOTS as f64) as u32;
+            if slot > 0 && slot < r.params.max_slots {
+                v = r.cell(slot, base);
+            }
+        }
+        for &s in &self.slots {
+            if r.cell(s, base + 3) == stamp {
+                v += r.cell(s, base + 2);
+            }
+        }
+        v
+    }
+
+    fn render_histogram(&mut self, name: &str, bounds: &[f64], base: u32) {
+        // One load per cell, then everything derived from these values: +Inf and
+        // _count are the same number, and cumulative buckets cannot decrease.
+        self.sums.clear();
+        for i in 0..bounds.len() as u32 + 2 {
+            self.sums.push(self.sum(base + i));
+        }
+        let mut le = [0u8; 32];
+        let mut acc = 0.0;
+        for (i, b) in bounds.iter().enumerate() {
+            acc += self.sums[i];
+            let mut lebuf = Vec::with_capacity(24);
+            expo::write_le(&mut lebuf, *b);
+            let n = lebuf.len().min(le.len());
+            le[..n].copy_from_slice(&lebuf[..n]);
+            expo::write_sample(&mut self.buf, name, "_bucket", &self.labels, Some(("le", &le[..n])), acc);
+        }
+        acc += self.sums[bounds.len()];
+        expo::write_sample(&mut self.buf, name, "_bucket", &self.labels, Some(("le", b"+Inf")), acc);
+        expo::write_sample(&mut self.buf, name, "_sum", &self.labels, None, self.sums[bounds.len() + 1]);
+        expo::write_sample(&mut self.buf, name, "_count", &self.labels, None, acc);
+    }
+
+    fn render_self(&mut self) {
+        let r = self.region;
+        let h = r.header();
+        let out = &mut self.buf;
+        expo::write_family_header(
+            out,
+            self.fmt,
+            "shmetrics_errors_total",
+            b"Updates refused on the hot path (nil, err returned), by reason.",
+            "counter",
+        );
+        for (i, reason) in REASONS.iter().enumerate() {
+            let mut v: f64 = self.slots.iter().map(|&s| r.cell(s, CELL_ERRORS + i as u32)).sum();
+            if i as u32 == REASON_NO_SLOT {
+                v += h.no_slot_errors.load(Ordering::Relaxed) as f64;
+            }
+            let mut lbl = Vec::new();
+            expo::write_label_pairs(&mut lbl, &["reason"], &[reason.as_bytes()]);
+            expo::write_sample(out, "shmetrics_errors_total", "", &lbl, None, v);
+        }
+        let used = h.series_used.load(Ordering::Relaxed).min(r.params.max_series);
+        expo::write_family_header(
+            out,
+            self.fmt,
+            "shmetrics_series_used",
+            b"Series entries allocated in the shared registry (deleted ones included).",
+            "gauge",
+        );
+        expo::write_sample(out, "shmetrics_series_used", "", b"", None, used as f64);
+        expo::write_family_header(
+            out,
+            self.fmt,
+            "shmetrics_series_capacity",
+            b"Series the shared registry can hold (max_series).",
+            "gauge",
+        );
+        expo::write_sample(out, "shmetrics_series_capacity", "", b"", None, r.params.max_series as f64);
+        let (live, dead, free) = r.slot_stats();
+        expo::write_family_header(
+            out,
+            self.fmt,
+            "shmetrics_worker_slots",
+            b"Worker slots by owner state (dead owners' counts are kept and adopted).",
+            "gauge",
+        );
+        for (state, n) in [("live", live), ("dead", dead), ("free", free)] {
+            let mut lbl = Vec::new();
+            expo::write_label_pairs(&mut lbl, &["state"], &[state.as_bytes()]);
+            expo::write_sample(out, "shmetrics_worker_slots", "", &lbl, None, n as f64);
+        }
+    }
+}
+
+/// Splits an encoded key (per value: `u32` LE length, bytes) into `out`.
+/// Returns false for a malformed key.
+fn decode_key<'a>(mut key: &'a [u8], out: &mut Vec<&'a [u8]>) -> bool {
+    while !key.is_empty() {
+        if key.len() < 4 || out.len() >= MAX_LABELS {
+            return false;
+        }
+        let len = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as usize;
+        if key.len() - 4 < len {
+            return false;
+        }
+        out.push(&key[4..4 + len]);
+        key = &key[4 + len..];
+    }
+    true
+}

@@ -1,0 +1,714 @@
+//! The store's operations: worker slots, the family and series registries.
+//!
+//! # The registries
+//!
+//! Families and series live in dense, append-only tables (`families`, `series`)
+//! and are found through open-addressing hash indexes of `u32` (0 = empty, else
+//! `id + 1`). Nothing is ever removed from an index; `del` marks a series
+//! `DELETED`, and lookups step over it.
+//!
+//! Insertion is lock-free:
+//!
+//! 1. claim a dense id with a compare-and-swap on the table's `used` counter;
+//! 2. allocate arena bytes and cells the same way, and write the entry in state
+//!    `WRITING` (no reader can reach it yet);
+//! 3. publish it with a compare-and-swap of an empty index position from 0 to
+//!    `id + 1` (`Release`), probing from the key's hash;
+//! 4. if another process published the same key first, mark ours `ORPHAN` and
+//!    use theirs; otherwise store `LIVE`.
+//!
+//! A process killed between any two steps leaves an entry that is unreachable
+//! (steps 1–2) or reachable and complete (after 3): never a half-written one,
+//! and no lock is left held.
+//!
+//! # The reader protocol (exposition)
+//!
+//! 1. load `families_used` and `series_used` (`Acquire`);
+//! 2. for each id below them, load `state` (`Acquire`) and take only `LIVE`
+//!    entries: their fields and arena bytes were written before the `Release`
+//!    that made them `LIVE` and never change again;
+//! 3. for each series, load each cell of each claimed slot with an 8-byte
+//!    relaxed load and add them up. A cell only ever grows between reads for a
+//!    counter, so sums never decrease; a histogram's `+Inf` bucket and `_count`
+//!    come from the same loads, so they agree.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::error::Error;
+use crate::expo;
+use crate::hash::Hasher;
+use crate::layout::*;
+use crate::region::Region;
+
+/// A metric definition as the API receives it.
+pub struct FamilyDef<'a> {
+    pub kind: u32,
+    pub name: &'a [u8],
+    pub help: &'a [u8],
+    pub labels: &'a [&'a [u8]],
+    pub bounds: &'a [f64],
+}
+
+fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        KIND_COUNTER => "counter",
+        KIND_GAUGE => "gauge",
+        KIND_HISTOGRAM => "histogram",
+        _ => "unknown",
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Bumps `counter` by `n` unless that passes `limit`; returns the old value.
+fn bump_u32(counter: &AtomicU32, n: u32, limit: u32) -> Option<u32> {
+    // Relaxed: the counter only hands out disjoint ranges; what is written into
+    // a range is published later by the index CAS (Release).
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(n).filter(|&e| e <= limit))
+        .ok()
+}
+
+/// Whether the process recorded in a slot's `owner` word still runs.
+///
+/// `owner` is `(start_time_low32 << 32) | pid`; comparing the start time tells a
+/// live owner from an unrelated process that reused its pid.
+pub fn owner_alive(owner: u64) -> bool {
+    let pid = (owner & 0xffff_ffff) as i32;
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    match proc_start_time(pid) {
+        Some(st) => (st & 0xffff_ffff) as u32 == (owner >> 32) as u32,
+        None => true,
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+fn my_owner_word() -> u64 {
+    let pid = std::process::id();
+    let st = proc_start_time(pid as i32).unwrap_or(0);
+    ((st & 0xffff_ffff) << 32) | pid as u64
+}
+
+impl Region {
+    /// The slot this process writes, claiming one on first use.
+    ///
+    /// A process first adopts the slot of a dead process (its counts stay and
+    /// grow from there), then takes a never-used one. Ownership changes only by
+    /// compare-and-swap of the whole owner word, so two processes never share a
+    /// slot, even when they have the same nginx worker id.
+    pub fn claim_slot(&self) -> Result<u32, Error> {
+        let pid = std::process::id() as u64;
+        let mine = self.my_slot.load(Ordering::Relaxed);
+        if mine != 0 && mine >> 32 == pid {
+            return Ok((mine & 0xffff_ffff) as u32);
+        }
+        let me = my_owner_word();
+        let n = self.params.max_slots;
+        let take = |i: u32, old: u64| -> bool {
+            // AcqRel: Acquire so the previous owner's cell stores happen-before our
+            // own read-modify-writes of them; Release publishes the claim.
+            let ok = self
+                .slot(i)
+                .owner
+                .compare_exchange(old, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+            if ok {
+                self.slot(i).claims.fetch_add(1, Ordering::Relaxed);
+                self.my_slot.store((pid << 32) | i as u64, Ordering::Relaxed);
+            }
+            ok
+        };
+        for i in 1..n {
+            let o = self.slot(i).owner.load(Ordering::Acquire);
+            if o != 0 && o != me && !owner_alive(o) && take(i, o) {
+                return Ok(i);
+            }
+        }
+        for i in 1..n {
+            if self.slot(i).owner.load(Ordering::Relaxed) == 0 && take(i, 0) {
+                return Ok(i);
+            }
+        }
+        self.header().no_slot_errors.fetch_add(1, Ordering::Relaxed);
+        Err(Error::NoSlot(format!(
+            "all {} worker slots belong to live processes; raise max_slots",
+            n - 1
+        )))
+    }
+
+    /// Slots by state: (live, dead, never used), slot 0 excluded.
+    pub fn slot_stats(&self) -> (u32, u32, u32) {
+        let (mut live, mut dead, mut free) = (0, 0, 0);
+        for i in 1..self.params.max_slots {
+            match self.slot(i).owner.load(Ordering::Relaxed) {
+                0 => free += 1,
+                o if owner_alive(o) => live += 1,
+                _ => dead += 1,
+            }
+        }
+        (live, dead, free)
+    }
+
+    fn alloc_arena(&self, len: usize, align: u32) -> Option<u32> {
+        let len = u64::try_from(len).ok()?;
+        let limit = self.params.arena_bytes;
+        let mut start = 0;
+        // Relaxed: hands out disjoint ranges only (see bump_u32).
+        self.header()
+            .arena_used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                start = v.div_ceil(align as u64) * align as u64;
+                Some(start + len).filter(|&e| e <= limit)
+            })
+            .ok()?;
+        Some(start as u32)
+    }
+
+    /// Copies `parts` one after another into fresh arena space.
+    fn arena_put(&self, parts: &[&[u8]], align: u32) -> Option<u32> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let off = self.alloc_arena(len, align)?;
+        let mut at = off;
+        for p in parts {
+            // SAFETY: `off..off+len` was allocated to us just above and lies within
+            // the arena; nobody reads it before we publish.
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.arena_mut(at), p.len()) };
+            at += p.len() as u32;
+        }
+        Some(off)
+    }
+
+    fn fam_name(&self, f: &Family) -> &[u8] {
+        self.arena(f.name_off, f.name_len).unwrap_or(b"")
+    }
+
+    /// Label names of a family (from the arena).
+    pub fn fam_labels(&self, f: &Family) -> Vec<&[u8]> {
+        let n = f.nlabels.min(MAX_LABELS as u32);
+        let Some(raw) = self.arena(f.labels_off, n * 8) else { return Vec::new() };
+        raw.chunks_exact(8)
+            .map(|c| {
+                let off = u32::from_le_bytes(c[..4].try_into().unwrap());
+                let len = u32::from_le_bytes(c[4..].try_into().unwrap());
+                self.arena(off, len).unwrap_or(b"")
+            })
+            .collect()
+    }
+
+    /// Finite bucket bounds of a histogram family.
+    pub fn fam_bounds(&self, f: &Family) -> &[f64] {
+        let n = f.nbounds.min(MAX_BUCKETS as u32);
+        if f.kind != KIND_HISTOGRAM || f.bounds_off % 8 != 0 || self.arena(f.bounds_off, n * 8).is_none() {
+            return &[];
+        }
+        // SAFETY: in bounds (checked above), 8-aligned (the arena starts 64-aligned
+        // and bounds_off % 8 == 0), written before publication, never changed.
+        unsafe { std::slice::from_raw_parts(self.arena_mut(f.bounds_off) as *const f64, n as usize) }
+    }
+
+    pub fn fam_help(&self, f: &Family) -> &[u8] {
+        // Acquire: pairs with the Release store of a replacement text.
+        let h = f.help.load(Ordering::Acquire);
+        self.arena((h >> 32) as u32, h as u32).unwrap_or(b"")
+    }
+
+    fn describe(&self, kind: u32, labels: &[&[u8]], bounds: &[f64]) -> String {
+        let labels: Vec<String> = labels.iter().map(|l| show(l)).collect();
+        let mut s = format!("{} {{{}}}", kind_name(kind), labels.join(","));
+        if kind == KIND_HISTOGRAM {
+            s.push_str(&format!(" buckets {bounds:?}"));
+        }
+        s
+    }
+
+    /// Defines a family, or returns the existing one if the definition matches.
+    pub fn define_family(&self, def: &FamilyDef) -> Result<u32, Error> {
+        let bounds = validate_def(def, self.params.max_label_bytes)?;
+        let h = self.header();
+        let mut hs = Hasher::new(h.hash_seed);
+        hs.write(def.name);
+        let hash = hs.finish();
+        let mut built: Option<u32> = None;
+        let mut pos = hash as u32;
+        for _ in 0..self.off.family_index_cap {
+            let slot = self.family_index(pos);
+            let v = slot.load(Ordering::Acquire);
+            if v == 0 {
+                let id = match built {
+                    Some(id) => id,
+                    None => {
+                        self.check_generated_names(def)?;
+                        let id = self.build_family(def, &bounds, hash as u32)?;
+                        built = Some(id);
+                        id
+                    }
+                };
+                // Release: the family's fields and arena bytes happen-before any
+                // process that finds it through this position (Acquire above).
+                match slot.compare_exchange(0, id + 1, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        self.family(id).state.store(STATE_LIVE, Ordering::Release);
+                        return Ok(id);
+                    }
+                    Err(other) => {
+                        if let Some(found) = self.family_matches(other, def, &bounds, hash as u32)? {
+                            self.family(id).state.store(STATE_ORPHAN, Ordering::Release);
+                            return Ok(found);
+                        }
+                    }
+                }
+            } else if let Some(found) = self.family_matches(v, def, &bounds, hash as u32)? {
+                if let Some(id) = built {
+                    self.family(id).state.store(STATE_ORPHAN, Ordering::Release);
+                }
+                return Ok(found);
+            }
+            pos = pos.wrapping_add(1);
+        }
+        Err(Error::Full(format!("the family index is full ({} families)", self.params.max_families)))
+    }
+
+    /// If index value `v` holds a family named like `def`: `Ok(Some(id))` when
+    /// the definitions agree, an error naming both when they do not.
+    fn family_matches(&self, v: u32, def: &FamilyDef, bounds: &[f64], hash: u32) -> Result<Option<u32>, Error> {
+        let id = v - 1;
+        if id >= self.params.max_families {
+            return Ok(None);
+        }
+        let f = self.family(id);
+        if f.hash != hash || self.fam_name(f) != def.name {
+            return Ok(None);
+        }
+        let labels = self.fam_labels(f);
+        let same = f.kind == def.kind
+            && labels.len() == def.labels.len()
+            && labels.iter().zip(def.labels).all(|(a, b)| a == b)
+            && self.fam_bounds(f).iter().map(|b| b.to_bits()).eq(bounds.iter().map(|b| b.to_bits()));
+        if !same {
+            return Err(Error::Conflict(format!(
+                "metric \"{}\" is already defined as {}; this definition is {}",
+                show(def.name),
+                self.describe(f.kind, &labels, self.fam_bounds(f)),
+                self.describe(def.kind, def.labels, bounds)
+            )));
+        }
+        if self.fam_help(f) != def.help {
+            // A reload may bring a new HELP text; readers see the old or the new one whole.
+            if let Some(off) = self.arena_put(&[def.help], 1) {
+                f.help.store(((off as u64) << 32) | def.help.len() as u64, Ordering::Release);
+            }
+        }
+        Ok(Some(id))
+    }
+
+    /// Finds a live family by exact name.
+    pub fn find_family(&self, name: &[u8]) -> Option<u32> {
+        let mut hs = Hasher::new(self.header().hash_seed);
+        hs.write(name);
+        let hash = hs.finish();
+        let mut pos = hash as u32;
+        for _ in 0..self.off.family_index_cap {
+            let v = self.family_index(pos).load(Ordering::Acquire);
+            if v == 0 {
+                return None;
+            }
+            let id = v - 1;
+            if id < self.params.max_families {
+                let f = self.family(id);
+                if f.hash == hash as u32 && self.fam_name(f) == name {
+                    return Some(id);
+                }
+            }
+            pos = pos.wrapping_add(1);
+        }
+        None
+    }
+
+    /// Refuses names that collide with a histogram's generated series.
+    fn check_generated_names(&self, def: &FamilyDef) -> Result<(), Error> {
+        const SUFFIXES: [&[u8]; 3] = [b"_bucket", b"_count", b"_sum"];
+        if def.kind == KIND_HISTOGRAM {
+            for s in SUFFIXES {
+                let n = [def.name, s].concat();
+                if self.find_family(&n).is_some() {
+                    return Err(Error::Conflict(format!(
+                        "bad argument \"name\": histogram \"{}\" would expose \"{}\", which is already a metric",
+                        show(def.name),
+                        show(&n)
+                    )));
+                }
+            }
+        }
+        for s in SUFFIXES {
+            if let Some(base) = def.name.strip_suffix(s) {
+                if let Some(id) = self.find_family(base) {
+                    if self.family(id).kind == KIND_HISTOGRAM {
+                        return Err(Error::Conflict(format!(
+                            "bad argument \"name\": \"{}\" collides with the series of histogram \"{}\"",
+                            show(def.name),
+                            show(base)
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn build_family(&self, def: &FamilyDef, bounds: &[f64], hash: u32) -> Result<u32, Error> {
+        let h = self.header();
+        let full = || Error::Full("the arena is full; raise arena_bytes".to_string());
+        let id = bump_u32(&h.families_used, 1, self.params.max_families)
+            .ok_or_else(|| Error::Full(format!("all {} families are used; raise max_families", self.params.max_families)))?;
+        let f = self.family(id);
+        let name_off = self.arena_put(&[def.name], 1).ok_or_else(full)?;
+        let help_off = self.arena_put(&[def.help], 1).ok_or_else(full)?;
+        let mut pairs = Vec::with_capacity(def.labels.len() * 8);
+        for l in def.labels {
+            let off = self.arena_put(&[l], 1).ok_or_else(full)?;
+            pairs.extend_from_slice(&off.to_le_bytes());
+            pairs.extend_from_slice(&(l.len() as u32).to_le_bytes());
+        }
+        let labels_off = self.arena_put(&[&pairs], 4).ok_or_else(full)?;
+        let bound_bytes: Vec<u8> = bounds.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let bounds_off = self.arena_put(&[&bound_bytes], 8).ok_or_else(full)?;
+        let ncells = match def.kind {
+            KIND_COUNTER => 1,
+            KIND_GAUGE => GAUGE_CELLS,
+            _ => bounds.len() as u32 + 2,
+        };
+        // SAFETY: family `id` was handed to us alone by bump_u32 and is unreachable
+        // until published, so these plain writes race with nobody.
+        unsafe {
+            let p = f as *const Family as *mut Family;
+            (*p).kind = def.kind;
+            (*p).nlabels = def.labels.len() as u32;
+            (*p).nbounds = bounds.len() as u32;
+            (*p).ncells = ncells;
+            (*p).hash = hash;
+            (*p).name_off = name_off;
+            (*p).name_len = def.name.len() as u32;
+            (*p).labels_off = labels_off;
+            (*p).bounds_off = bounds_off;
+        }
+        f.help.store(((help_off as u64) << 32) | def.help.len() as u64, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Checks that `fam` names a live family of this region.
+    pub fn live_family(&self, fam: u32) -> Result<&Family, Error> {
+        if fam >= self.header().families_used.load(Ordering::Acquire).min(self.params.max_families) {
+            return Err(Error::invalid(format!("no family with id {fam}")));
+        }
+        let f = self.family(fam);
+        if f.state.load(Ordering::Acquire) != STATE_LIVE {
+            return Err(Error::invalid(format!("family {fam} is not live")));
+        }
+        Ok(f)
+    }
+
+    fn series_hash(&self, fam: u32, values: &[&[u8]]) -> u32 {
+        let mut hs = Hasher::new(self.header().hash_seed);
+        hs.write_u32(fam);
+        for v in values {
+            hs.write_u32(v.len() as u32);
+            hs.write(v);
+        }
+        hs.finish() as u32
+    }
+
+    fn check_values(&self, f: &Family, values: &[&[u8]]) -> Result<(), Error> {
+        if values.len() != f.nlabels as usize {
+            return Err(Error::LabelCount(format!(
+                "expected {} label values, got {}",
+                f.nlabels,
+                values.len()
+            )));
+        }
+        let max = self.params.max_label_bytes as usize;
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.len() > max) {
+            return Err(Error::LabelTooLong(format!(
+                "label value #{} is {} bytes; the limit (max_label_bytes) is {max}",
+                i + 1,
+                v.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether series `id` is `fam` with exactly these label values.
+    fn series_is(&self, id: u32, fam: u32, hash: u32, values: &[&[u8]]) -> bool {
+        if id >= self.params.max_series {
+            return false;
+        }
+        let s = self.series(id);
+        if s.hash != hash || s.family != fam {
+            return false;
+        }
+        let Some(mut key) = self.arena(s.key_off, s.key_len) else { return false };
+        for v in values {
+            if key.len() < 4 {
+                return false;
+            }
+            let len = u32::from_le_bytes(key[..4].try_into().unwrap()) as usize;
+            if len != v.len() || key.len() < 4 + len || &key[4..4 + len] != *v {
+                return false;
+            }
+            key = &key[4 + len..];
+        }
+        key.is_empty()
+    }
+
+    /// Finds the live series `fam{values}`; its index position, id and cell.
+    fn find_series(&self, fam: u32, hash: u32, values: &[&[u8]]) -> Result<(u32, Option<(u32, u32)>), u32> {
+        let mut pos = hash;
+        for _ in 0..self.off.series_index_cap {
+            let v = self.series_index(pos).load(Ordering::Acquire);
+            if v == 0 {
+                return Ok((pos, None));
+            }
+            let id = v - 1;
+            if self.series_is(id, fam, hash, values) {
+                let st = self.series(id).state.load(Ordering::Acquire);
+                if st == STATE_LIVE || st == STATE_WRITING {
+                    return Ok((pos, Some((id, self.series(id).cell))));
+                }
+            }
+            pos = pos.wrapping_add(1);
+        }
+        Err(pos)
+    }
+
+    /// The first cell of series `fam{values}`, creating the series if needed.
+    pub fn series_cell(&self, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
+        let f = self.live_family(fam)?;
+        self.check_values(f, values)?;
+        let hash = self.series_hash(fam, values);
+        let mut pos = match self.find_series(fam, hash, values) {
+            Ok((_, Some((_, cell)))) => return Ok(cell),
+            Ok((pos, None)) => pos,
+            Err(_) => return Err(Error::Full("the series index is full".to_string())),
+        };
+        let id = match self.build_series(f, fam, hash, values) {
+            Ok(id) => id,
+            Err(e) => {
+                f.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let s = self.series(id);
+        for _ in 0..self.off.series_index_cap {
+            let slot = self.series_index(pos);
+            // Release: the entry and its key bytes happen-before every lookup that
+            // reaches it through this position (their Acquire load).
+            match slot.compare_exchange(0, id + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    // Release: exposition takes LIVE entries (Acquire) as complete.
+                    let _ = s.state.compare_exchange(STATE_WRITING, STATE_LIVE, Ordering::Release, Ordering::Relaxed);
+                    return Ok(s.cell);
+                }
+                Err(other) => {
+                    let oid = other - 1;
+                    if self.series_is(oid, fam, hash, values) {
+                        let st = self.series(oid).state.load(Ordering::Acquire);
+                        if st == STATE_LIVE || st == STATE_WRITING {
+                            s.state.store(STATE_ORPHAN, Ordering::Release);
+                            return Ok(self.series(oid).cell);
+                        }
+                    }
+                }
+            }
+            // Occupied by another key (or a deleted twin): keep probing.
+            loop {
+                pos = pos.wrapping_add(1);
+                let v = self.series_index(pos).load(Ordering::Acquire);
+                if v == 0 {
+                    break;
+                }
+                if self.series_is(v - 1, fam, hash, values) {
+                    let st = self.series(v - 1).state.load(Ordering::Acquire);
+                    if st == STATE_LIVE || st == STATE_WRITING {
+                        s.state.store(STATE_ORPHAN, Ordering::Release);
+                        return Ok(self.series(v - 1).cell);
+                    }
+                }
+            }
+        }
+        s.state.store(STATE_ORPHAN, Ordering::Release);
+        Err(Error::Full("the series index is full".to_string()))
+    }
+
+    fn build_series(&self, f: &Family, fam: u32, hash: u32, values: &[&[u8]]) -> Result<u32, Error> {
+        let h = self.header();
+        let id = bump_u32(&h.series_used, 1, self.params.max_series).ok_or_else(|| {
+            Error::Full(format!("all {} series are used; raise max_series", self.params.max_series))
+        })?;
+        let s = self.series(id);
+        let fail = |msg: &str| {
+            s.state.store(STATE_ORPHAN, Ordering::Release);
+            Error::Full(msg.to_string())
+        };
+        let mut key = Vec::with_capacity(values.iter().map(|v| v.len() + 4).sum());
+        for v in values {
+            key.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            key.extend_from_slice(v);
+        }
+        let key_off = self.arena_put(&[&key], 4).ok_or_else(|| fail("the arena is full; raise arena_bytes"))?;
+        let cell = bump_u32(&h.cells_used, f.ncells, self.params.max_cells)
+            .ok_or_else(|| fail("all cells are used; raise max_cells"))?;
+        // SAFETY: series `id` is ours alone until published (bump_u32 handed it out).
+        unsafe {
+            let p = s as *const Series as *mut Series;
+            (*p).family = fam;
+            (*p).key_off = key_off;
+            (*p).key_len = key.len() as u32;
+            (*p).cell = cell;
+            (*p).hash = hash;
+        }
+        Ok(id)
+    }
+
+    /// Deletes `fam{values}`; `Ok(false)` if it did not exist.
+    pub fn delete_series(&self, fam: u32, values: &[&[u8]]) -> Result<bool, Error> {
+        let f = self.live_family(fam)?;
+        self.check_values(f, values)?;
+        let hash = self.series_hash(fam, values);
+        let Ok((_, Some((id, _)))) = self.find_series(fam, hash, values) else { return Ok(false) };
+        let s = self.series(id);
+        let gone = [STATE_LIVE, STATE_WRITING]
+            .iter()
+            .any(|&st| s.state.compare_exchange(st, STATE_DELETED, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+        // Release: a worker that sees the new generation and looks the series up
+        // again sees it DELETED.
+        f.gen.fetch_add(1, Ordering::Release);
+        Ok(gone)
+    }
+
+    /// Deletes every series of `fam`; returns how many.
+    pub fn reset_family(&self, fam: u32) -> Result<u32, Error> {
+        let f = self.live_family(fam)?;
+        let used = self.header().series_used.load(Ordering::Acquire).min(self.params.max_series);
+        let mut n = 0;
+        for id in 0..used {
+            let s = self.series(id);
+            if s.family == fam
+                && s.state.compare_exchange(STATE_LIVE, STATE_DELETED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                n += 1;
+            }
+        }
+        f.gen.fetch_add(1, Ordering::Release);
+        Ok(n)
+    }
+
+    /// Adds `v` to the calling process's error counter for `reason`.
+    pub fn count_error(&self, reason: u32) {
+        if reason as usize >= REASONS.len() {
+            return;
+        }
+        match self.claim_slot() {
+            Ok(slot) => self.cell_add(slot, CELL_ERRORS + reason, 1.0),
+            Err(_) => {} // counted in no_slot_errors by claim_slot
+        }
+    }
+}
+
+/// Validates a definition; returns the finite bucket bounds to store.
+fn validate_def(def: &FamilyDef, max_label_bytes: u32) -> Result<Vec<f64>, Error> {
+    let _ = max_label_bytes;
+    let bad = |arg: &str, why: String| Err(Error::invalid(format!("bad argument \"{arg}\": {why}")));
+    if !matches!(def.kind, KIND_COUNTER | KIND_GAUGE | KIND_HISTOGRAM) {
+        return bad("kind", format!("{} is not a metric kind", def.kind));
+    }
+    if def.name.len() > MAX_NAME_BYTES || !expo::is_valid_metric_name(def.name) {
+        return bad(
+            "name",
+            format!(
+                "\"{}\" is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*, at most {MAX_NAME_BYTES} bytes)",
+                show(def.name)
+            ),
+        );
+    }
+    if def.name.starts_with(b"shmetrics_") {
+        return bad("name", format!("\"{}\": the prefix shmetrics_ is reserved for self-metrics", show(def.name)));
+    }
+    if def.help.len() > MAX_HELP_BYTES {
+        return bad("help", format!("{} bytes; at most {MAX_HELP_BYTES}", def.help.len()));
+    }
+    if def.labels.len() > MAX_LABELS {
+        return bad("label_names", format!("{} labels; at most {MAX_LABELS}", def.labels.len()));
+    }
+    for (i, l) in def.labels.iter().enumerate() {
+        if l.len() > MAX_NAME_BYTES || !expo::is_valid_label_name(l) {
+            return bad(
+                "label_names",
+                format!("\"{}\" is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", show(l)),
+            );
+        }
+        if def.labels[..i].contains(l) {
+            return bad("label_names", format!("\"{}\" appears twice", show(l)));
+        }
+        if def.kind == KIND_HISTOGRAM && *l == b"le" {
+            return bad("label_names", "\"le\" is reserved for histogram buckets".to_string());
+        }
+    }
+    if def.kind != KIND_HISTOGRAM {
+        if !def.bounds.is_empty() {
+            return bad("buckets", format!("only histograms have buckets, not a {}", kind_name(def.kind)));
+        }
+        return Ok(Vec::new());
+    }
+    let mut b = def.bounds.to_vec();
+    if b.last() == Some(&f64::INFINITY) {
+        b.pop();
+    }
+    if b.is_empty() {
+        return bad("buckets", "a histogram needs at least one finite bucket".to_string());
+    }
+    if b.len() > MAX_BUCKETS {
+        return bad("buckets", format!("{} buckets; at most {MAX_BUCKETS}", b.len()));
+    }
+    for (i, x) in b.iter().enumerate() {
+        if !x.is_finite() {
+            return bad("buckets", format!("bucket #{} is {x}; bounds must be finite (+Inf is implied)", i + 1));
+        }
+        if i > 0 && b[i - 1] >= *x {
+            return bad("buckets", format!("bucket #{} ({x}) is not greater than the one before", i + 1));
+        }
+    }
+    Ok(b)
+}
+
+/// Adds `v` to a histogram series: one bucket cell and the sum cell.
+///
+/// `cells` is the caller's own slot; cell layout from `base`: `nbounds + 1`
+/// non-cumulative bucket counts (the last is `+Inf`), then the sum.
+#[inline]
+pub fn observe(cells: *mut f64, base: u32, bounds: &[f64], v: f64) {
+    let i = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
+    let add = |idx: usize, d: f64| {
+        // SAFETY: the caller passes its own slot and a series' base; the series
+        // owns cells base..base+nbounds+2 (allocated with ncells = nbounds + 2).
+        let a = unsafe { &*(cells.add(base as usize + idx) as *const AtomicU64) };
+        // Single writer (the slot's owner): a relaxed load and store are exact, and
+        // the 8-byte store is what concurrent readers see whole.
+        a.store((f64::from_bits(a.load(Ordering::Relaxed)) + d).to_bits(), Ordering::Relaxed);
+    };
+    add(i, 1.0);
+    add(bounds.len() + 1, v);
+}
