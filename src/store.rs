@@ -495,9 +495,17 @@ impl Region {
     }
 
     /// The first cell of series `fam{values}`, creating the series if needed.
+    ///
+    /// Label values that are not UTF-8 are stored with U+FFFD in place of each
+    /// invalid sequence, as the exposition would show them: two values that would
+    /// render alike are one series, never two identical-looking ones.
     pub fn series_cell(&self, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
         let f = self.live_family(fam)?;
         self.check_values(f, values)?;
+        if let Some(clean) = sanitized(values) {
+            let clean: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
+            return self.series_cell(fam, &clean);
+        }
         let hash = self.series_hash(fam, values);
         let mut pos = match self.find_series(fam, hash, values) {
             Ok((_, Some((_, cell)))) => return Ok(cell),
@@ -587,6 +595,10 @@ impl Region {
     pub fn delete_series(&self, fam: u32, values: &[&[u8]]) -> Result<bool, Error> {
         let f = self.live_family(fam)?;
         self.check_values(f, values)?;
+        if let Some(clean) = sanitized(values) {
+            let clean: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
+            return self.delete_series(fam, &clean);
+        }
         let hash = self.series_hash(fam, values);
         let Ok((_, Some((id, _)))) = self.find_series(fam, hash, values) else { return Ok(false) };
         let s = self.series(id);
@@ -626,6 +638,14 @@ impl Region {
             Err(_) => {} // counted in no_slot_errors by claim_slot
         }
     }
+}
+
+/// The values with invalid UTF-8 replaced, or `None` when all are valid already.
+fn sanitized(values: &[&[u8]]) -> Option<Vec<Vec<u8>>> {
+    if values.iter().all(|v| std::str::from_utf8(v).is_ok()) {
+        return None;
+    }
+    Some(values.iter().map(|v| String::from_utf8_lossy(v).into_owned().into_bytes()).collect())
 }
 
 /// Validates a definition; returns the finite bucket bounds to store.
