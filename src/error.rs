@@ -23,15 +23,11 @@ pub enum Error {
     Internal(String),
 }
 
-pub const OK: i32 = 0;
-pub const E_INVALID: i32 = -1;
-pub const E_CONFLICT: i32 = -2;
-pub const E_LABEL_COUNT: i32 = -3;
-pub const E_LABEL_TOO_LONG: i32 = -4;
-pub const E_FULL: i32 = -5;
-pub const E_NO_SLOT: i32 = -6;
-pub const E_IO: i32 = -7;
-pub const E_INTERNAL: i32 = -8;
+pub use crate::ffi::{
+    SHMETRICS_E_CONFLICT as E_CONFLICT, SHMETRICS_E_FULL as E_FULL, SHMETRICS_E_INTERNAL as E_INTERNAL,
+    SHMETRICS_E_INVALID as E_INVALID, SHMETRICS_E_IO as E_IO, SHMETRICS_E_LABEL_COUNT as E_LABEL_COUNT,
+    SHMETRICS_E_LABEL_TOO_LONG as E_LABEL_TOO_LONG, SHMETRICS_E_NO_SLOT as E_NO_SLOT, SHMETRICS_OK as OK,
+};
 
 impl Error {
     pub fn invalid(msg: String) -> Error {

@@ -25,15 +25,16 @@ use crate::store;
 /// the header carry the same number and refuse to run with another.
 pub const SHMETRICS_ABI_VERSION: u32 = 1;
 
-pub const SHMETRICS_OK: i32 = error::OK;
-pub const SHMETRICS_E_INVALID: i32 = error::E_INVALID;
-pub const SHMETRICS_E_CONFLICT: i32 = error::E_CONFLICT;
-pub const SHMETRICS_E_LABEL_COUNT: i32 = error::E_LABEL_COUNT;
-pub const SHMETRICS_E_LABEL_TOO_LONG: i32 = error::E_LABEL_TOO_LONG;
-pub const SHMETRICS_E_FULL: i32 = error::E_FULL;
-pub const SHMETRICS_E_NO_SLOT: i32 = error::E_NO_SLOT;
-pub const SHMETRICS_E_IO: i32 = error::E_IO;
-pub const SHMETRICS_E_INTERNAL: i32 = error::E_INTERNAL;
+/// Error codes: 0 is success, negative codes are errors (never reused).
+pub const SHMETRICS_OK: i32 = 0;
+pub const SHMETRICS_E_INVALID: i32 = -1;
+pub const SHMETRICS_E_CONFLICT: i32 = -2;
+pub const SHMETRICS_E_LABEL_COUNT: i32 = -3;
+pub const SHMETRICS_E_LABEL_TOO_LONG: i32 = -4;
+pub const SHMETRICS_E_FULL: i32 = -5;
+pub const SHMETRICS_E_NO_SLOT: i32 = -6;
+pub const SHMETRICS_E_IO: i32 = -7;
+pub const SHMETRICS_E_INTERNAL: i32 = -8;
 
 /// `shmetrics_open` results.
 pub const SHMETRICS_OPEN_CREATED: i32 = 0;
@@ -59,9 +60,11 @@ pub struct shmetrics_options {
     pub arena_bytes: u64,
 }
 
-/// An opaque region handle.
+/// An opaque region handle (declared in the header by cbindgen.toml).
+/// cbindgen:ignore
 pub type shmetrics_region = Region;
 /// An opaque exposition iterator.
+/// cbindgen:ignore
 pub type shmetrics_render = Render;
 
 fn fail(e: &Error) -> i32 {

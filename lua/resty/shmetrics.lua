@@ -43,22 +43,22 @@ typedef struct shmetrics_options {
 
 uint32_t shmetrics_abi_version(void);
 const char *shmetrics_strerror(int32_t code);
-uintptr_t shmetrics_last_error(char *buf, uintptr_t cap);
-int32_t shmetrics_open(const char *path, uintptr_t path_len,
+size_t shmetrics_last_error(char *buf, size_t cap);
+int32_t shmetrics_open(const char *path, size_t path_len,
                        const shmetrics_options *opts,
                        const shmetrics_region **out);
 int32_t shmetrics_family(const shmetrics_region *r, uint32_t kind,
-                         const char *name, uintptr_t name_len,
-                         const char *help, uintptr_t help_len,
-                         const char *const *labels, const uintptr_t *label_lens,
+                         const char *name, size_t name_len,
+                         const char *help, size_t help_len,
+                         const char *const *labels, const size_t *label_lens,
                          uint32_t nlabels, const double *bounds, uint32_t nbounds);
 const uint32_t *shmetrics_family_gen(const shmetrics_region *r, uint32_t fam);
 const double *shmetrics_family_bounds(const shmetrics_region *r, uint32_t fam);
 int32_t shmetrics_series(const shmetrics_region *r, uint32_t fam,
-                         const char *const *values, const uintptr_t *lens,
+                         const char *const *values, const size_t *lens,
                          uint32_t n);
 int32_t shmetrics_delete(const shmetrics_region *r, uint32_t fam,
-                         const char *const *values, const uintptr_t *lens,
+                         const char *const *values, const size_t *lens,
                          uint32_t n);
 int32_t shmetrics_reset(const shmetrics_region *r, uint32_t fam);
 int32_t shmetrics_claim_slot(const shmetrics_region *r);
@@ -68,8 +68,8 @@ void shmetrics_observe(double *cells, uint32_t base, const double *bounds,
                        uint32_t nbounds, double v);
 int32_t shmetrics_render_open(const shmetrics_region *r, uint32_t format,
                               shmetrics_render **out);
-int32_t shmetrics_render_next(shmetrics_render *it, uintptr_t hint,
-                              const char **chunk, uintptr_t *len);
+int32_t shmetrics_render_next(shmetrics_render *it, size_t hint,
+                              const char **chunk, size_t *len);
 void shmetrics_render_close(shmetrics_render *it);
 ]]
 
@@ -110,11 +110,11 @@ local lib               -- the loaded library (namespace: call lib.fn, never cac
 
 -- Scratch buffers, allocated once per VM and reused on every call.
 local vals_buf = ffi_new("const char *[?]", MAX_LABELS)
-local lens_buf = ffi_new("uintptr_t[?]", MAX_LABELS)
+local lens_buf = ffi_new("size_t[?]", MAX_LABELS)
 local region_out = ffi_new("const shmetrics_region *[1]")
 local render_out = ffi_new("shmetrics_render *[1]")
 local chunk_out = ffi_new("const char *[1]")
-local len_out = ffi_new("uintptr_t[1]")
+local len_out = ffi_new("size_t[1]")
 local errbuf_len = 1024
 local errbuf = ffi_new("char[?]", errbuf_len)
 
@@ -581,7 +581,7 @@ local function define(self, kind, proto, name, help, label_names, buckets)
     label_names = check_labels(label_names, "label_names")
     local n = #label_names
     local labels = ffi_new("const char *[?]", MAX_LABELS)
-    local lens = ffi_new("uintptr_t[?]", MAX_LABELS)
+    local lens = ffi_new("size_t[?]", MAX_LABELS)
     for i = 1, n do
         labels[i - 1] = label_names[i]
         lens[i - 1] = #label_names[i]
