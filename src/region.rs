@@ -39,6 +39,8 @@ pub struct Region {
     pub off: Offsets,
     /// `(pid << 32) | slot` of the slot this process owns, 0 if none.
     pub(crate) my_slot: AtomicU64,
+    /// This process's rendered label blocks, by series id (see `render`).
+    pub(crate) label_cache: Mutex<Vec<Option<Box<[u8]>>>>,
 }
 
 // SAFETY: a `Region` is a pointer into a `MAP_SHARED` mapping that stays mapped for
@@ -342,6 +344,7 @@ impl Region {
             params,
             off,
             my_slot: AtomicU64::new(0),
+            label_cache: Mutex::new(Vec::new()),
         }
     }
 

@@ -27,6 +27,9 @@ pub struct Render {
     pub buf: Vec<u8>,
     labels: Vec<u8>,
     sums: Vec<f64>,
+    /// The current histogram family's `le` values, formatted once per family.
+    les: Vec<Vec<u8>>,
+    les_group: usize,
 }
 
 fn as_str(b: &[u8]) -> &str {
@@ -87,6 +90,8 @@ impl Render {
             buf: Vec::with_capacity(64 * 1024),
             labels: Vec::with_capacity(256),
             sums: Vec::with_capacity(MAX_BUCKETS + 2),
+            les: Vec::new(),
+            les_group: usize::MAX,
         }
     }
 
@@ -133,16 +138,45 @@ impl Render {
         }
         let label_names: Vec<&str> = r.fam_labels(f).into_iter().map(as_str).collect();
         let bounds = r.fam_bounds(f);
+        if f.kind == KIND_HISTOGRAM && self.les_group != self.group {
+            self.les = bounds
+                .iter()
+                .map(|&b| {
+                    let mut le = Vec::with_capacity(24);
+                    expo::write_le(&mut le, b);
+                    le
+                })
+                .collect();
+            self.les_group = self.group;
+        }
+        let mut cache = r.label_cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
         while self.pos < end && self.buf.len() < hint {
-            let s = r.series(self.order[self.pos]);
+            let id = self.order[self.pos];
+            let s = r.series(id);
             self.pos += 1;
-            values.clear();
-            if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values) || values.len() != label_names.len() {
-                continue;
-            }
+            // Series are immutable once live and ids are never reused, so a
+            // label block rendered once serves every later scrape.
+            let block = match cache.get(id as usize) {
+                Some(Some(b)) => b,
+                _ => {
+                    values.clear();
+                    if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values)
+                        || values.len() != label_names.len()
+                    {
+                        continue;
+                    }
+                    let mut b = Vec::new();
+                    expo::write_label_pairs(&mut b, &label_names, &values);
+                    if cache.len() <= id as usize {
+                        cache.resize(id as usize + 1, None);
+                    }
+                    cache[id as usize] = Some(b.into_boxed_slice());
+                    cache[id as usize].as_ref().unwrap()
+                }
+            };
             self.labels.clear();
-            expo::write_label_pairs(&mut self.labels, &label_names, &values);
+            self.labels.extend_from_slice(block);
             match f.kind {
                 KIND_COUNTER => {
                     let v = self.sum(s.cell);
@@ -187,15 +221,10 @@ impl Render {
         for i in 0..bounds.len() as u32 + 2 {
             self.sums.push(self.sum(base + i));
         }
-        let mut le = [0u8; 32];
         let mut acc = 0.0;
-        for (i, b) in bounds.iter().enumerate() {
+        for (i, le) in self.les.iter().enumerate().take(bounds.len()) {
             acc += self.sums[i];
-            let mut lebuf = Vec::with_capacity(24);
-            expo::write_le(&mut lebuf, *b);
-            let n = lebuf.len().min(le.len());
-            le[..n].copy_from_slice(&lebuf[..n]);
-            expo::write_sample(&mut self.buf, name, "_bucket", &self.labels, Some(("le", &le[..n])), acc);
+            expo::write_sample(&mut self.buf, name, "_bucket", &self.labels, Some(("le", le)), acc);
         }
         acc += self.sums[bounds.len()];
         expo::write_sample(&mut self.buf, name, "_bucket", &self.labels, Some(("le", b"+Inf")), acc);
