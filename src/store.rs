@@ -19,7 +19,8 @@
 //!
 //! A process killed between any two steps leaves an entry that is unreachable
 //! (steps 1–2) or reachable and complete (after 3): never a half-written one,
-//! and no lock is left held.
+//! and no lock is left held. An entry left in `WRITING` after step 3 is marked
+//! `LIVE` by the next process that finds it through the index.
 //!
 //! # The reader protocol (exposition)
 //!
@@ -307,6 +308,7 @@ impl Region {
                 self.describe(def.kind, def.labels, bounds)
             )));
         }
+        usable(&f.state);
         if self.fam_help(f) != def.help {
             // A reload may bring a new HELP text; readers see the old or the new one whole.
             if let Some(off) = self.arena_put(&[def.help], 1) {
@@ -483,11 +485,8 @@ impl Region {
                 return Ok((pos, None));
             }
             let id = v - 1;
-            if self.series_is(id, fam, hash, values) {
-                let st = self.series(id).state.load(Ordering::Acquire);
-                if st == STATE_LIVE || st == STATE_WRITING {
-                    return Ok((pos, Some((id, self.series(id).cell))));
-                }
+            if self.series_is(id, fam, hash, values) && usable(&self.series(id).state) {
+                return Ok((pos, Some((id, self.series(id).cell))));
             }
             pos = pos.wrapping_add(1);
         }
@@ -532,12 +531,9 @@ impl Region {
                 }
                 Err(other) => {
                     let oid = other - 1;
-                    if self.series_is(oid, fam, hash, values) {
-                        let st = self.series(oid).state.load(Ordering::Acquire);
-                        if st == STATE_LIVE || st == STATE_WRITING {
-                            s.state.store(STATE_ORPHAN, Ordering::Release);
-                            return Ok(self.series(oid).cell);
-                        }
+                    if self.series_is(oid, fam, hash, values) && usable(&self.series(oid).state) {
+                        s.state.store(STATE_ORPHAN, Ordering::Release);
+                        return Ok(self.series(oid).cell);
                     }
                 }
             }
@@ -548,12 +544,9 @@ impl Region {
                 if v == 0 {
                     break;
                 }
-                if self.series_is(v - 1, fam, hash, values) {
-                    let st = self.series(v - 1).state.load(Ordering::Acquire);
-                    if st == STATE_LIVE || st == STATE_WRITING {
-                        s.state.store(STATE_ORPHAN, Ordering::Release);
-                        return Ok(self.series(v - 1).cell);
-                    }
+                if self.series_is(v - 1, fam, hash, values) && usable(&self.series(v - 1).state) {
+                    s.state.store(STATE_ORPHAN, Ordering::Release);
+                    return Ok(self.series(v - 1).cell);
                 }
             }
         }
@@ -637,6 +630,22 @@ impl Region {
             Ok(slot) => self.cell_add(slot, CELL_ERRORS + reason, 1.0),
             Err(_) => {} // counted in no_slot_errors by claim_slot
         }
+    }
+}
+
+/// Whether an entry reached through an index may be used, promoting it to
+/// `LIVE` if its creator died between publishing it and marking it live: an
+/// entry in an index is complete (its fields were written before the `Release`
+/// that published it), so finishing the creator's last step is safe.
+fn usable(state: &AtomicU32) -> bool {
+    match state.load(Ordering::Acquire) {
+        STATE_LIVE => true,
+        STATE_WRITING => {
+            // Release: publishes LIVE to the exposition like the creator would have.
+            let r = state.compare_exchange(STATE_WRITING, STATE_LIVE, Ordering::AcqRel, Ordering::Acquire);
+            matches!(r, Ok(_) | Err(STATE_LIVE))
+        }
+        _ => false,
     }
 }
 

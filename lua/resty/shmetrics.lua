@@ -292,13 +292,17 @@ local function fail(self, err, reason)
     local cells = self.cells
     if cells ~= nil then
         cells[CELL_ERRORS + reason] = cells[CELL_ERRORS + reason] + 1
-    elseif reason ~= R.not_in_worker then
+    elseif reason ~= R.not_in_worker and reason ~= R.no_slot and phase() ~= "init" then
+        -- No slot attached yet (the first update failed): the library claims
+        -- one to count in. Never in the master, whose slot workers would inherit.
         lib.shmetrics_count_error(self.reg.h, reason)
     end
     return nil, err
 end
 
 -- Attaches this process's slot to every metric of the registry (first write).
+-- When every slot is taken, tries again at most once a second: claiming scans
+-- all slots, too slow to repeat on every update.
 local function attach_slot(self)
     local reg = self.reg
     if reg.cells == nil then
@@ -306,9 +310,15 @@ local function attach_slot(self)
             return nil, "metrics cannot be recorded in init_by_lua (the master); "
                         .. "record them in a worker", R.not_in_worker
         end
+        local now = os.time()
+        if reg.claim_failed_at and now - reg.claim_failed_at < 1 then
+            return nil, reg.claim_error, R.no_slot
+        end
         local slot = lib.shmetrics_claim_slot(reg.h)
         if slot < 0 then
             local err = last_error(slot)
+            reg.claim_failed_at = now
+            reg.claim_error = err
             log(ngx and ngx.ERR, "shmetrics: ", err)
             return nil, err, R.no_slot
         end
