@@ -145,7 +145,6 @@ impl Region {
                 return Ok(i);
             }
         }
-        self.header().no_slot_errors.fetch_add(1, Ordering::Relaxed);
         Err(Error::NoSlot(format!(
             "all {} worker slots belong to live processes; raise max_slots",
             n - 1
@@ -621,14 +620,21 @@ impl Region {
         Ok(n)
     }
 
-    /// Adds `v` to the calling process's error counter for `reason`.
+    /// Counts one hot-path error of `reason` for the calling process.
+    ///
+    /// An update dropped for want of a slot has no slot to be counted in: it is
+    /// counted in the header (an atomic add, on this error path only).
     pub fn count_error(&self, reason: u32) {
         if reason as usize >= REASONS.len() {
             return;
         }
+        if reason == REASON_NO_SLOT {
+            self.header().no_slot_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match self.claim_slot() {
             Ok(slot) => self.cell_add(slot, CELL_ERRORS + reason, 1.0),
-            Err(_) => {} // counted in no_slot_errors by claim_slot
+            Err(_) => self.header().no_slot_errors.fetch_add(1, Ordering::Relaxed),
         }
     }
 }

@@ -292,9 +292,10 @@ local function fail(self, err, reason)
     local cells = self.cells
     if cells ~= nil then
         cells[CELL_ERRORS + reason] = cells[CELL_ERRORS + reason] + 1
-    elseif reason ~= R.not_in_worker and reason ~= R.no_slot and phase() ~= "init" then
-        -- No slot attached yet (the first update failed): the library claims
-        -- one to count in. Never in the master, whose slot workers would inherit.
+    elseif reason ~= R.not_in_worker and phase() ~= "init" then
+        -- No slot attached yet (the first update failed, or no slot is free):
+        -- the library counts it. Never in the master, whose slot workers would
+        -- inherit.
         lib.shmetrics_count_error(self.reg.h, reason)
     end
     return nil, err
