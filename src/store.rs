@@ -634,7 +634,9 @@ impl Region {
         }
         match self.claim_slot() {
             Ok(slot) => self.cell_add(slot, CELL_ERRORS + reason, 1.0),
-            Err(_) => self.header().no_slot_errors.fetch_add(1, Ordering::Relaxed),
+            Err(_) => {
+                self.header().no_slot_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
