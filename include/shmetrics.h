@@ -54,9 +54,19 @@ typedef struct shmetrics_render shmetrics_render;
 #define SHMETRICS_FLAG_RESET 1
 
 /*
- Exposition formats for `shmetrics_render_open`.
+ Exposition formats for `shmetrics_render_open`: Prometheus text 0.0.4.
  */
 #define SHMETRICS_FORMAT_TEXT 0
+
+/*
+ OpenMetrics 1.0.0.
+ */
+#define SHMETRICS_FORMAT_OPENMETRICS 1
+
+/*
+ Most family names one scrape may ask for.
+ */
+#define SHMETRICS_MAX_FILTER_NAMES 1024
 
 /*
  Sizes of a region. Zero means the default.
@@ -213,12 +223,19 @@ void shmetrics_observe(double *cells,
                        double v);
 
 /*
- Starts an exposition (`format`: `SHMETRICS_FORMAT_TEXT`).
+ Starts an exposition in `format` (`SHMETRICS_FORMAT_*`) of the families
+ named in `names`/`lens` (`n` of them, at most `SHMETRICS_MAX_FILTER_NAMES`;
+ a counter also matches without `_total`), or of every family when `n` is 0.
 
  # Safety
- `r` must be a region handle; `out` valid.
+ `r` must be a region handle; `names`/`lens` hold `n` entries; `out` valid.
  */
-int32_t shmetrics_render_open(const shmetrics_region *r, uint32_t format, shmetrics_render **out);
+int32_t shmetrics_render_open(const shmetrics_region *r,
+                              uint32_t format,
+                              const char *const *names,
+                              const size_t *lens,
+                              uint32_t n,
+                              shmetrics_render **out);
 
 /*
  Renders the next piece (about `hint` bytes). Returns 1 and sets `*chunk`/`*len`

@@ -7,9 +7,9 @@
 //! `strconv.FormatFloat(v, 'g', -1, 64)` prints them, which is what Prometheus
 //! itself and `client_golang` produce and parse.
 //!
-//! Only the Prometheus text format 0.0.4 exists today ([`Format::Text004`]).
-//! Functions whose output differs between formats take a [`Format`], so
-//! OpenMetrics can be added as a new variant without changing call sites.
+//! Two formats: Prometheus text 0.0.4 ([`Format::Text004`]) and OpenMetrics
+//! 1.0.0 ([`Format::OpenMetrics`]). Functions whose output differs between
+//! them take a [`Format`]; sample lines are the same in both.
 //!
 //! ```
 //! use shmetrics::expo::{write_family_header, write_label_pairs, write_sample, Format};
@@ -25,11 +25,15 @@
 //! );
 //! ```
 
-/// Output format. OpenMetrics will be added later; design so it slots in.
+/// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// Prometheus text exposition format, version 0.0.4.
     Text004,
+    /// OpenMetrics text format 1.0.0: counter families are named without
+    /// `_total` in `# HELP`/`# TYPE`, HELP also escapes `"`, and the body ends
+    /// with `# EOF`.
+    OpenMetrics,
 }
 
 impl Format {
@@ -37,12 +41,15 @@ impl Format {
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Text004 => CONTENT_TYPE_TEXT_004,
+            Format::OpenMetrics => CONTENT_TYPE_OPENMETRICS,
         }
     }
 }
 
 /// `Content-Type` of [`Format::Text004`] bodies, as `client_golang` sends it.
 pub const CONTENT_TYPE_TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of [`Format::OpenMetrics`] bodies.
+pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// UTF-8 encoding of U+FFFD REPLACEMENT CHARACTER.
 const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
@@ -53,7 +60,8 @@ const TWO_POW_53: f64 = 9_007_199_254_740_992.0;
 
 /// Appends `# HELP <name> <escaped help>\n# TYPE <name> <type_name>\n`.
 ///
-/// `help` is raw bytes: in 0.0.4 a backslash becomes `\\` and a newline `\n`;
+/// `help` is raw bytes: a backslash becomes `\\` and a newline `\n` (and in
+/// OpenMetrics a double quote `\"`);
 /// every invalid UTF-8 sequence becomes U+FFFD (the policy of
 /// `String::from_utf8_lossy`). An empty `help` still writes the HELP line, as
 /// `# HELP <name> ` followed by the newline, like `client_golang`; the text
@@ -69,30 +77,28 @@ pub fn write_family_header(
     help: &[u8],
     type_name: &str,
 ) {
+    out.extend_from_slice(b"# HELP ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
     match fmt {
-        Format::Text004 => {
-            out.extend_from_slice(b"# HELP ");
-            out.extend_from_slice(name.as_bytes());
-            out.push(b' ');
-            write_lossy_escaped::<false>(out, help);
-            out.extend_from_slice(b"\n# TYPE ");
-            out.extend_from_slice(name.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(type_name.as_bytes());
-            out.push(b'\n');
-        }
+        Format::Text004 => write_lossy_escaped::<false>(out, help),
+        Format::OpenMetrics => write_lossy_escaped::<true>(out, help),
     }
+    out.extend_from_slice(b"\n# TYPE ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(type_name.as_bytes());
+    out.push(b'\n');
 }
 
 /// Appends whatever must follow the last family of a body in `fmt`.
 ///
-/// Text 0.0.4 has no terminator, so this writes nothing; OpenMetrics will
-/// write `# EOF\n` here. The renderer calls it unconditionally.
+/// Text 0.0.4 has no terminator, so this writes nothing; OpenMetrics writes
+/// `# EOF\n`. The renderer calls it unconditionally.
 pub fn write_body_end(out: &mut Vec<u8>, fmt: Format) {
     match fmt {
-        Format::Text004 => {
-            let _ = out;
-        }
+        Format::Text004 => {}
+        Format::OpenMetrics => out.extend_from_slice(b"# EOF\n"),
     }
 }
 

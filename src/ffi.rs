@@ -18,7 +18,7 @@ use crate::error::{self, Error};
 use crate::expo::Format;
 use crate::layout::{Params, KIND_HISTOGRAM, MAX_LABELS};
 use crate::region::{self, Opened, Region};
-use crate::render::Render;
+use crate::render::{Filter, Render};
 use crate::store;
 
 /// Version of this ABI; bumped on any incompatible change. The Lua module and
@@ -45,8 +45,12 @@ pub const SHMETRICS_OPEN_REUSED: i32 = 3;
 /// `shmetrics_options.flags`: discard an existing file (not on reload).
 pub const SHMETRICS_FLAG_RESET: u32 = 1;
 
-/// Exposition formats for `shmetrics_render_open`.
+/// Exposition formats for `shmetrics_render_open`: Prometheus text 0.0.4.
 pub const SHMETRICS_FORMAT_TEXT: u32 = 0;
+/// OpenMetrics 1.0.0.
+pub const SHMETRICS_FORMAT_OPENMETRICS: u32 = 1;
+/// Most family names one scrape may ask for.
+pub const SHMETRICS_MAX_FILTER_NAMES: u32 = 1024;
 
 /// Sizes of a region. Zero means the default.
 #[repr(C)]
@@ -405,14 +409,19 @@ pub unsafe extern "C" fn shmetrics_observe(cells: *mut f64, base: u32, bounds: *
     store::observe(cells, base, bounds, v);
 }
 
-/// Starts an exposition (`format`: `SHMETRICS_FORMAT_TEXT`).
+/// Starts an exposition in `format` (`SHMETRICS_FORMAT_*`) of the families
+/// named in `names`/`lens` (`n` of them, at most `SHMETRICS_MAX_FILTER_NAMES`;
+/// a counter also matches without `_total`), or of every family when `n` is 0.
 ///
 /// # Safety
-/// `r` must be a region handle; `out` valid.
+/// `r` must be a region handle; `names`/`lens` hold `n` entries; `out` valid.
 #[no_mangle]
 pub unsafe extern "C" fn shmetrics_render_open(
     r: *const shmetrics_region,
     format: u32,
+    names: *const *const c_char,
+    lens: *const usize,
+    n: u32,
     out: *mut *mut shmetrics_render,
 ) -> i32 {
     guard(SHMETRICS_E_INTERNAL, || {
@@ -424,10 +433,27 @@ pub unsafe extern "C" fn shmetrics_render_open(
             }
             let fmt = match format {
                 SHMETRICS_FORMAT_TEXT => Format::Text004,
+                SHMETRICS_FORMAT_OPENMETRICS => Format::OpenMetrics,
                 _ => return Err(Error::invalid(format!("bad argument \"format\": {format}"))),
             };
+            let filter = if n == 0 {
+                Filter::all()
+            } else if n > SHMETRICS_MAX_FILTER_NAMES || names.is_null() || lens.is_null() {
+                return Err(Error::invalid(format!(
+                    "bad argument \"names\": NULL or more than {SHMETRICS_MAX_FILTER_NAMES}"
+                )));
+            } else {
+                let mut v = Vec::with_capacity(n as usize);
+                for i in 0..n as usize {
+                    // SAFETY: caller contract: n entries, each pointer to its length.
+                    let name = unsafe { bytes(*names.add(i), *lens.add(i)) }
+                        .ok_or_else(|| Error::invalid(format!("bad argument \"names\": entry {} is NULL", i + 1)))?;
+                    v.push(name.to_vec());
+                }
+                Filter::names(v)
+            };
             // SAFETY: `out` checked non-NULL.
-            unsafe { *out = Box::into_raw(Box::new(Render::new(r, fmt))) };
+            unsafe { *out = Box::into_raw(Box::new(Render::with_filter(r, fmt, filter))) };
             Ok(0)
         };
         run().unwrap_or_else(|e| fail(&e))

@@ -21,6 +21,7 @@ pub struct Render {
     groups: Vec<(u32, usize, usize)>,
     /// Slots that were ever claimed (dead owners' counts still count).
     slots: Vec<u32>,
+    filter: Filter,
     group: usize,
     pos: usize,
     self_done: bool,
@@ -37,18 +38,61 @@ fn as_str(b: &[u8]) -> &str {
     std::str::from_utf8(b).unwrap_or("_")
 }
 
+/// Names a family is exposed under: `(family name for HELP/TYPE, sample name)`.
+///
+/// They differ only for OpenMetrics counters, whose family name drops `_total`
+/// and whose samples always carry it (`requests_total` → family `requests`;
+/// a counter defined as `requests` still exposes `requests_total`).
+pub fn om_names(name: &str, kind: u32, fmt: Format) -> (String, String) {
+    if fmt == Format::OpenMetrics && kind == KIND_COUNTER {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        return (base.to_string(), format!("{base}_total"));
+    }
+    (name.to_string(), name.to_string())
+}
+
+/// Which families a scrape asked for: all, or those named (by their defined
+/// name, or for counters also without `_total`).
+pub struct Filter(Option<Vec<Vec<u8>>>);
+
+impl Filter {
+    pub fn all() -> Filter {
+        Filter(None)
+    }
+
+    pub fn names(names: Vec<Vec<u8>>) -> Filter {
+        Filter(Some(names))
+    }
+
+    pub fn wants(&self, name: &[u8], kind: u32) -> bool {
+        let Some(names) = &self.0 else { return true };
+        let base = if kind == KIND_COUNTER { name.strip_suffix(b"_total") } else { None };
+        names.iter().any(|n| n == name || Some(n.as_slice()) == base)
+    }
+}
+
 impl Render {
     pub fn new(region: &'static Region, fmt: Format) -> Render {
+        Render::with_filter(region, fmt, Filter::all())
+    }
+
+    pub fn with_filter(region: &'static Region, fmt: Format, filter: Filter) -> Render {
         let h = region.header();
         // Acquire: every id below these counts was allocated before; its state
         // (loaded with Acquire below) tells whether it is complete.
         let nfam = h.families_used.load(Ordering::Acquire).min(region.params.max_families);
         let nser = h.series_used.load(Ordering::Acquire).min(region.params.max_series);
         let mut count = vec![0usize; nfam as usize + 1];
+        let wanted: Vec<bool> = (0..nfam)
+            .map(|fam| {
+                let f = region.family(fam);
+                filter.wants(region.arena(f.name_off, f.name_len).unwrap_or(b""), f.kind)
+            })
+            .collect();
         let mut live = Vec::with_capacity(nser as usize);
         for id in 0..nser {
             let s = region.series(id);
-            if s.state.load(Ordering::Acquire) == STATE_LIVE && s.family < nfam {
+            if s.state.load(Ordering::Acquire) == STATE_LIVE && s.family < nfam && wanted[s.family as usize] {
                 let f = region.family(s.family);
                 let ok = f.state.load(Ordering::Acquire) == STATE_LIVE
                     && s.cell as u64 + f.ncells as u64 <= region.params.max_cells as u64;
@@ -84,6 +128,7 @@ impl Render {
             order,
             groups,
             slots,
+            filter,
             group: 0,
             pos: 0,
             self_done: false,
@@ -126,7 +171,8 @@ impl Render {
         let r = self.region;
         let (fam, start, end) = self.groups[self.group];
         let f = r.family(fam);
-        let name = as_str(r.arena(f.name_off, f.name_len).unwrap_or(b"_"));
+        let (family_name, sample_name) = om_names(as_str(r.arena(f.name_off, f.name_len).unwrap_or(b"_")), f.kind, self.fmt);
+        let name = sample_name.as_str();
         if self.pos <= start {
             self.pos = start;
             let type_name = match f.kind {
@@ -134,7 +180,7 @@ impl Render {
                 KIND_GAUGE => "gauge",
                 _ => "histogram",
             };
-            expo::write_family_header(&mut self.buf, self.fmt, name, r.fam_help(f), type_name);
+            expo::write_family_header(&mut self.buf, self.fmt, &family_name, r.fam_help(f), type_name);
         }
         let label_names: Vec<&str> = r.fam_labels(f).into_iter().map(as_str).collect();
         let bounds = r.fam_bounds(f);
@@ -235,53 +281,66 @@ impl Render {
     fn render_self(&mut self) {
         let r = self.region;
         let h = r.header();
+        let fmt = self.fmt;
+        let filter = &self.filter;
         let out = &mut self.buf;
-        expo::write_family_header(
-            out,
-            self.fmt,
-            "shmetrics_errors_total",
-            b"Updates refused on the hot path (nil, err returned), by reason.",
-            "counter",
-        );
-        for (i, reason) in REASONS.iter().enumerate() {
-            let mut v: f64 = self.slots.iter().map(|&s| r.cell(s, CELL_ERRORS + i as u32)).sum();
-            if i as u32 == REASON_NO_SLOT {
-                v += h.no_slot_errors.load(Ordering::Relaxed) as f64;
+        let family = |out: &mut Vec<u8>, name: &str, kind: u32, help: &[u8], samples: &[(&str, &str, f64)]| {
+            if !filter.wants(name.as_bytes(), kind) {
+                return;
             }
-            let mut lbl = Vec::new();
-            expo::write_label_pairs(&mut lbl, &["reason"], &[reason.as_bytes()]);
-            expo::write_sample(out, "shmetrics_errors_total", "", &lbl, None, v);
-        }
+            let (family_name, sample_name) = om_names(name, kind, fmt);
+            let type_name = if kind == KIND_COUNTER { "counter" } else { "gauge" };
+            expo::write_family_header(out, fmt, &family_name, help, type_name);
+            for (label, value, v) in samples {
+                let mut lbl = Vec::new();
+                if !label.is_empty() {
+                    expo::write_label_pairs(&mut lbl, &[label], &[value.as_bytes()]);
+                }
+                expo::write_sample(out, &sample_name, "", &lbl, None, *v);
+            }
+        };
+        let errors: Vec<(&str, &str, f64)> = REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, reason)| {
+                let mut v: f64 = self.slots.iter().map(|&s| r.cell(s, CELL_ERRORS + i as u32)).sum();
+                if i as u32 == REASON_NO_SLOT {
+                    v += h.no_slot_errors.load(Ordering::Relaxed) as f64;
+                }
+                ("reason", *reason, v)
+            })
+            .collect();
+        family(
+            out,
+            "shmetrics_errors_total",
+            KIND_COUNTER,
+            b"Updates refused on the hot path (nil, err returned), by reason.",
+            &errors,
+        );
         let used = h.series_used.load(Ordering::Relaxed).min(r.params.max_series);
-        expo::write_family_header(
+        family(
             out,
-            self.fmt,
             "shmetrics_series_used",
+            KIND_GAUGE,
             b"Series entries allocated in the shared registry (deleted ones included).",
-            "gauge",
+            &[("", "", used as f64)],
         );
-        expo::write_sample(out, "shmetrics_series_used", "", b"", None, used as f64);
-        expo::write_family_header(
+        family(
             out,
-            self.fmt,
             "shmetrics_series_capacity",
+            KIND_GAUGE,
             b"Series the shared registry can hold (max_series).",
-            "gauge",
+            &[("", "", r.params.max_series as f64)],
         );
-        expo::write_sample(out, "shmetrics_series_capacity", "", b"", None, r.params.max_series as f64);
         let (live, dead, free) = r.slot_stats();
-        expo::write_family_header(
+        family(
             out,
-            self.fmt,
             "shmetrics_worker_slots",
+            KIND_GAUGE,
             b"Worker slots by owner state (dead owners' counts are kept and adopted).",
-            "gauge",
+            &[("state", "live", live as f64), ("state", "dead", dead as f64), ("state", "free", free as f64)],
         );
-        for (state, n) in [("live", live), ("dead", dead), ("free", free)] {
-            let mut lbl = Vec::new();
-            expo::write_label_pairs(&mut lbl, &["state"], &[state.as_bytes()]);
-            expo::write_sample(out, "shmetrics_worker_slots", "", &lbl, None, n as f64);
-        }
+        expo::write_body_end(out, fmt);
     }
 }
 

@@ -340,32 +340,29 @@ impl Region {
         None
     }
 
-    /// Refuses names that collide with a histogram's generated series.
+    /// Refuses a name whose exposed names collide with another family's: a
+    /// histogram's `_bucket`/`_count`/`_sum` series, or a counter's OpenMetrics
+    /// family name (without `_total`) and sample name (with it).
     fn check_generated_names(&self, def: &FamilyDef) -> Result<(), Error> {
-        const SUFFIXES: [&[u8]; 3] = [b"_bucket", b"_count", b"_sum"];
-        if def.kind == KIND_HISTOGRAM {
-            for s in SUFFIXES {
-                let n = [def.name, s].concat();
-                if self.find_family(&n).is_some() {
-                    return Err(Error::Conflict(format!(
-                        "bad argument \"name\": histogram \"{}\" would expose \"{}\", which is already a metric",
-                        show(def.name),
-                        show(&n)
-                    )));
-                }
+        let mine = exposed_names(def.name, def.kind);
+        let used = self.header().families_used.load(Ordering::Acquire).min(self.params.max_families);
+        for id in 0..used {
+            let f = self.family(id);
+            // The same name is not a collision but a redefinition, which the
+            // index decides (a concurrent definer may have just published it).
+            if f.state.load(Ordering::Acquire) != STATE_LIVE || self.fam_name(f) == def.name {
+                continue;
             }
-        }
-        for s in SUFFIXES {
-            if let Some(base) = def.name.strip_suffix(s) {
-                if let Some(id) = self.find_family(base) {
-                    if self.family(id).kind == KIND_HISTOGRAM {
-                        return Err(Error::Conflict(format!(
-                            "bad argument \"name\": \"{}\" collides with the series of histogram \"{}\"",
-                            show(def.name),
-                            show(base)
-                        )));
-                    }
-                }
+            let theirs = exposed_names(self.fam_name(f), f.kind);
+            if let Some(clash) = mine.iter().find(|n| theirs.contains(n)) {
+                return Err(Error::Conflict(format!(
+                    "bad argument \"name\": {} \"{}\" collides with {} \"{}\": both would expose \"{}\"",
+                    kind_name(def.kind),
+                    show(def.name),
+                    kind_name(f.kind),
+                    show(self.fam_name(f)),
+                    show(clash)
+                )));
             }
         }
         Ok(())
@@ -639,6 +636,26 @@ impl Region {
             }
         }
     }
+}
+
+/// Every name a family takes in either exposition format.
+fn exposed_names(name: &[u8], kind: u32) -> Vec<Vec<u8>> {
+    let mut v = vec![name.to_vec()];
+    match kind {
+        KIND_COUNTER => {
+            let base = name.strip_suffix(b"_total").unwrap_or(name);
+            v.push(base.to_vec());
+            v.push([base, b"_total"].concat());
+        }
+        KIND_HISTOGRAM => {
+            for s in [&b"_bucket"[..], b"_count", b"_sum"] {
+                v.push([name, s].concat());
+            }
+        }
+        _ => {}
+    }
+    v.dedup();
+    v
 }
 
 /// Whether an entry reached through an index may be used, promoting it to

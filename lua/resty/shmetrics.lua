@@ -67,7 +67,8 @@ void shmetrics_count_error(const shmetrics_region *r, uint32_t reason);
 void shmetrics_observe(double *cells, uint32_t base, const double *bounds,
                        uint32_t nbounds, double v);
 int32_t shmetrics_render_open(const shmetrics_region *r, uint32_t format,
-                              shmetrics_render **out);
+                              const char *const *names, const size_t *lens,
+                              uint32_t n, shmetrics_render **out);
 int32_t shmetrics_render_next(shmetrics_render *it, size_t hint,
                               const char **chunk, size_t *len);
 void shmetrics_render_close(shmetrics_render *it);
@@ -81,6 +82,8 @@ local E_NO_SLOT = -6
 
 local OPEN_RECREATED = 2
 local FORMAT_TEXT = 0
+local FORMAT_OPENMETRICS = 1
+local MAX_FILTER_NAMES = 1024
 local FLAG_RESET = 1
 
 local KIND_COUNTER = 0
@@ -98,7 +101,11 @@ local R = {
     no_slot = 8, not_in_worker = 9, internal = 10,
 }
 
-local CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+local CONTENT_TYPE = {
+    [FORMAT_TEXT] = "text/plain; version=0.0.4; charset=utf-8",
+    [FORMAT_OPENMETRICS] = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+}
+local FORMATS = { text = FORMAT_TEXT, openmetrics = FORMAT_OPENMETRICS }
 
 -- The default buckets of nginx-lua-prometheus, so switching keeps dashboards.
 local DEFAULT_BUCKETS = { 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3,
@@ -675,11 +682,44 @@ end
 -- Phases in which collect() may yield to the event loop between pieces.
 local YIELDABLE = { content = true, timer = true, rewrite = true, access = true }
 
--- Renders the exposition, handing each piece to `emit`. With `pause`, calls it
--- between pieces (collect() sleeps there so the worker serves other requests).
+-- Fills a name list for the render filter; returns the count, or nil, err.
+local function fill_names(names)
+    if names == nil then
+        return 0
+    end
+    if type(names) == "string" then
+        names = { names }
+    end
+    if type(names) ~= "table" then
+        return nil, "names must be a string or an array of strings"
+    end
+    local n = #names
+    if n > MAX_FILTER_NAMES then
+        return nil, "at most " .. MAX_FILTER_NAMES .. " names"
+    end
+    local ptrs = ffi_new("const char *[?]", n + 1)
+    local lens = ffi_new("size_t[?]", n + 1)
+    for i = 1, n do
+        local name = names[i]
+        if type(name) ~= "string" then
+            return nil, "names[" .. i .. "] is not a string"
+        end
+        ptrs[i - 1] = name
+        lens[i - 1] = #name
+    end
+    return n, ptrs, lens
+end
+
+-- Renders the exposition in `format` for the family `names` (nil: all),
+-- handing each piece to `emit`. With `pause`, calls it between pieces
+-- (collect() sleeps there so the worker serves other requests).
 -- Returns true or nil, err.
-local function render(self, emit, pause)
-    local rc = lib.shmetrics_render_open(self.h, FORMAT_TEXT, render_out)
+local function render(self, format, names, emit, pause)
+    local n, ptrs, lens = fill_names(names)
+    if not n then
+        return nil, ptrs
+    end
+    local rc = lib.shmetrics_render_open(self.h, format, ptrs, lens, n, render_out)
     if rc < 0 then
         return nil, last_error(rc)
     end
@@ -709,16 +749,53 @@ local function render(self, emit, pause)
     return true
 end
 
+-- The format an Accept header asks for: OpenMetrics when it is acceptable
+-- with a q-value at least that of the text format (Prometheus sends
+-- "application/openmetrics-text;version=1.0.0,...,text/plain;version=0.0.4;q=0.5,*/*;q=0.1").
+local function negotiate(accept)
+    if type(accept) == "table" then
+        accept = concat(accept, ",")
+    end
+    if type(accept) ~= "string" then
+        return FORMAT_TEXT
+    end
+    local om, text = 0, 0
+    for part in accept:gmatch("[^,]+") do
+        local mt = part:match("^%s*([^;%s]+)")
+        mt = mt and mt:lower()
+        local q = tonumber(part:match(";%s*[qQ]%s*=%s*([%d.]+)")) or 1
+        local version = part:match(";%s*version%s*=%s*([%w.]+)")
+        if mt == "application/openmetrics-text" then
+            if (version == nil or version == "1.0.0" or version == "0.0.1") and q > om then
+                om = q
+            end
+        elseif (mt == "text/plain" or mt == "text/*" or mt == "*/*") and q > text then
+            text = q
+        end
+    end
+    if om > 0 and om >= text then
+        return FORMAT_OPENMETRICS
+    end
+    return FORMAT_TEXT
+end
+_M._negotiate = negotiate  -- for tests
+
 -- A 1 ms sleep: the shortest pause that logs nothing on nginx builds without
 -- OpenResty's patches (ngx.sleep(0) warns there on every call).
 local function pause()
     ngx.sleep(0.001)
 end
 
---- prometheus:metric_data() -> string | nil, err
-function Registry:metric_data()
+--- prometheus:metric_data(format?, names?) -> string | nil, err
+-- format: "text" (default, 0.0.4) or "openmetrics"; names: family names to
+-- include (default: all).
+function Registry:metric_data(format, names)
+    local f = FORMATS[format or "text"]
+    if not f then
+        return nil, "format must be \"text\" or \"openmetrics\""
+    end
     local parts = {}
-    local ok, err = render(self, function(s) parts[#parts + 1] = s end)
+    local ok, err = render(self, f, names, function(s) parts[#parts + 1] = s end)
     if not ok then
         return nil, err
     end
@@ -726,9 +803,17 @@ function Registry:metric_data()
 end
 
 --- prometheus:collect()   (content_by_lua: serves the exposition)
+-- The format follows the Accept header; `?name[]=a&name[]=b` limits the
+-- scrape to those families.
 function Registry:collect()
-    ngx.header.content_type = CONTENT_TYPE_TEXT
-    local ok, err = render(self, ngx.print, YIELDABLE[ngx.get_phase()] and pause or nil)
+    local format = negotiate(ngx.var.http_accept)
+    local names = ngx.req.get_uri_args()["name[]"]
+    if names == true then
+        names = nil
+    end
+    ngx.header.content_type = CONTENT_TYPE[format]
+    local ok, err = render(self, format, names, ngx.print,
+                           YIELDABLE[ngx.get_phase()] and pause or nil)
     if not ok then
         log(ngx.ERR, "shmetrics: rendering failed: ", err)
         return ngx.exit(ngx.HTTP_INTERNAL_SERVER_ERROR)
