@@ -406,7 +406,8 @@ pub unsafe extern "C" fn shmetrics_observe(cells: *mut f64, base: u32, bounds: *
     // guard would cost more than the work.
     // SAFETY: caller contract: `bounds` holds `nbounds` doubles.
     let bounds = unsafe { std::slice::from_raw_parts(bounds, nbounds as usize) };
-    store::observe(cells, base, bounds, v);
+    // SAFETY: the same contract, passed on from our caller.
+    unsafe { store::observe(cells, base, bounds, v) };
 }
 
 /// Starts an exposition in `format` (`SHMETRICS_FORMAT_*`) of the families

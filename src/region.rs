@@ -191,13 +191,15 @@ fn validate_existing(fd: libc::c_int, size: u64, params: &Params, off: &Offsets)
     }
     let want = [
         ("header_size", u32_at(12) as u64, std::mem::size_of::<Header>() as u64),
-        ("total_size", u64_at(16), off.total),
+        // The configured sizes before total_size, which follows from them: the
+        // reason then names the option that changed.
         ("max_series", u32_at(24) as u64, params.max_series as u64),
         ("max_families", u32_at(28) as u64, params.max_families as u64),
         ("max_slots", u32_at(32) as u64, params.max_slots as u64),
         ("max_label_bytes", u32_at(36) as u64, params.max_label_bytes as u64),
         ("max_cells", u32_at(40) as u64, params.max_cells as u64),
         ("arena_bytes", u64_at(56), params.arena_bytes),
+        ("total_size", u64_at(16), off.total),
     ];
     for (name, have, want) in want {
         if have != want {

@@ -197,7 +197,11 @@ impl Render {
         }
         let mut cache = r.label_cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
-        while self.pos < end && self.buf.len() < hint {
+        // At least one series per call: otherwise a family header that alone
+        // reaches the hint is written again on every call and never followed.
+        let mut progressed = false;
+        while self.pos < end && (!progressed || self.buf.len() < hint) {
+            progressed = true;
             let id = self.order[self.pos];
             let s = r.series(id);
             self.pos += 1;

@@ -496,11 +496,18 @@ impl Region {
     /// render alike are one series, never two identical-looking ones.
     pub fn series_cell(&self, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
         let f = self.live_family(fam)?;
+        // The length limit applies to what the caller sent, before replacement.
         self.check_values(f, values)?;
-        if let Some(clean) = sanitized(values) {
-            let clean: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
-            return self.series_cell(fam, &clean);
+        match sanitized(values) {
+            Some(clean) => {
+                let clean: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
+                self.series_cell_checked(f, fam, &clean)
+            }
+            None => self.series_cell_checked(f, fam, values),
         }
+    }
+
+    fn series_cell_checked(&self, f: &Family, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
         let hash = self.series_hash(fam, values);
         let mut pos = match self.find_series(fam, hash, values) {
             Ok((_, Some((_, cell)))) => return Ok(cell),
@@ -552,6 +559,19 @@ impl Region {
 
     fn build_series(&self, f: &Family, fam: u32, hash: u32, values: &[&[u8]]) -> Result<u32, Error> {
         let h = self.header();
+        // Check every capacity before taking anything: a refused series then
+        // uses up nothing (a race between two creators near the limit can
+        // still leave a few unused cells or bytes behind).
+        let key_len: u64 = values.iter().map(|v| v.len() as u64 + 4).sum();
+        if h.series_used.load(Ordering::Relaxed) >= self.params.max_series {
+            return Err(Error::Full(format!("all {} series are used; raise max_series", self.params.max_series)));
+        }
+        if h.cells_used.load(Ordering::Relaxed) as u64 + f.ncells as u64 > self.params.max_cells as u64 {
+            return Err(Error::Full("all cells are used; raise max_cells".to_string()));
+        }
+        if h.arena_used.load(Ordering::Relaxed) + key_len + 4 > self.params.arena_bytes {
+            return Err(Error::Full("the arena is full; raise arena_bytes".to_string()));
+        }
         let id = bump_u32(&h.series_used, 1, self.params.max_series).ok_or_else(|| {
             Error::Full(format!("all {} series are used; raise max_series", self.params.max_series))
         })?;
@@ -586,8 +606,12 @@ impl Region {
         self.check_values(f, values)?;
         if let Some(clean) = sanitized(values) {
             let clean: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
-            return self.delete_series(fam, &clean);
+            return self.delete_checked(f, fam, &clean);
         }
+        self.delete_checked(f, fam, values)
+    }
+
+    fn delete_checked(&self, f: &Family, fam: u32, values: &[&[u8]]) -> Result<bool, Error> {
         let hash = self.series_hash(fam, values);
         let Ok((_, Some((id, _)))) = self.find_series(fam, hash, values) else { return Ok(false) };
         let s = self.series(id);
@@ -750,10 +774,15 @@ fn validate_def(def: &FamilyDef, max_label_bytes: u32) -> Result<Vec<f64>, Error
 
 /// Adds `v` to a histogram series: one bucket cell and the sum cell.
 ///
-/// `cells` is the caller's own slot; cell layout from `base`: `nbounds + 1`
-/// non-cumulative bucket counts (the last is `+Inf`), then the sum.
+/// Cell layout from `base`: `nbounds + 1` non-cumulative bucket counts (the
+/// last is `+Inf`), then the sum.
+///
+/// # Safety
+/// `cells` must be the calling process's own slot (single writer) and `base`
+/// the first cell of a histogram series whose family has exactly `bounds`, so
+/// that cells `base..base + bounds.len() + 2` belong to it.
 #[inline]
-pub fn observe(cells: *mut f64, base: u32, bounds: &[f64], v: f64) {
+pub unsafe fn observe(cells: *mut f64, base: u32, bounds: &[f64], v: f64) {
     let i = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
     let add = |idx: usize, d: f64| {
         // SAFETY: the caller passes its own slot and a series' base; the series
