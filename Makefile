@@ -1,0 +1,28 @@
+# Entry points. `make test` is what CI runs (.ci/run); `make demo` starts a sample
+# gateway with /metrics. Both install missing Debian packages first (scripts/deps.sh).
+
+CARGO ?= cargo
+
+.PHONY: all deps build test demo clean
+
+all: build
+
+deps:
+	scripts/deps.sh
+
+build:
+	$(CARGO) build --release
+
+# Rust unit/ABI/integration tests (tests/nginx_*.rs start their own nginx), then the
+# Lua tests if tests/lua/run.lua exists; ends with a summary of every result.
+test: deps build
+	scripts/test.sh
+
+demo: deps build
+	scripts/demo.sh
+
+# bench: added later (hot-path and renderer benchmarks, BENCHMARKS.md).
+# fuzz: added later (exposition/ABI fuzzing).
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every test suite, even when an earlier one fails, and ends with a summary:
+# the Lua suite's status, then cargo's own per-binary `test result:` lines.
+# Called by `make test` after deps and `cargo build --release`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+export SHMETRICS_LIB_DIR="${SHMETRICS_LIB_DIR:-$PWD/target/release}"
+log=$(mktemp /tmp/shmetrics-cargo-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+
+start=$(date +%s)
+# --no-fail-fast: a failing binary does not hide the results of the others.
+cargo test --release --no-fail-fast 2>&1 | tee "$log"
+cargo_rc=${PIPESTATUS[0]}
+
+lua_rc=0
+if [ -f tests/lua/run.lua ]; then
+    echo
+    echo "== luajit tests/lua/run.lua"
+    lua_log=$(mktemp /tmp/shmetrics-lua-test.XXXXXX)
+    luajit tests/lua/run.lua 2>&1 | tee "$lua_log"
+    lua_rc=${PIPESTATUS[0]}
+    cat "$lua_log" >> "$log"
+    rm -f "$lua_log"
+    lua_line="lua tests (tests/lua/run.lua): $([ $lua_rc -eq 0 ] && echo ok || echo "FAILED (exit $lua_rc)")"
+else
+    lua_line="lua tests: tests/lua/run.lua not present, skipped"
+fi
+
+echo
+echo "== make test summary ($(( $(date +%s) - start )) s)"
+echo "$lua_line"
+echo "cargo test --release: $([ $cargo_rc -eq 0 ] && echo ok || echo "FAILED (exit $cargo_rc)")"
+# Pair each `Running <target>` / `Doc-tests <crate>` header with its result line.
+awk '/^ *Running /{t=$0; sub(/^ *Running /, "", t); sub(/ \(.*$/, "", t)}
+     /^ *Doc-tests /{t="doc-tests " $2}
+     /^test result:/{printf "  %-40s %s\n", t, $0}
+     /^error: .*target.* failed/{f=1} f' "$log"
+
+# One closing line over every suite: cargo's binaries and the Lua tests.
+awk '/^test result:/ {
+         for (i = 1; i <= NF; i++) {
+             if ($(i+1) ~ /^passed;?$/) p += $i
+             if ($(i+1) ~ /^failed;?$/) f += $i
+         }
+     }
+     /^lua: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+     END { printf "shmetrics: %d passed, %d failed\n", p, f }' "$log"
+
+[ $cargo_rc -eq 0 ] && [ $lua_rc -eq 0 ]
