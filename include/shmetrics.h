@@ -64,6 +64,11 @@ typedef struct shmetrics_render shmetrics_render;
 #define SHMETRICS_FORMAT_OPENMETRICS 1
 
 /*
+ Added to a `shmetrics_series` result that is the overflow series' cell.
+ */
+#define SHMETRICS_SERIES_OVERFLOW 1073741824
+
+/*
  Most family names one scrape may ask for.
  */
 #define SHMETRICS_MAX_FILTER_NAMES 1024
@@ -120,6 +125,8 @@ int32_t shmetrics_open(const char *path,
 /*
  Defines a metric family (or finds the identical existing one) and returns its id.
  `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
+ `max_series` limits the family's label sets (0: no limit of its own); beyond
+ it, updates go to one overflow series whose label values are all `__overflow__`.
 
  # Safety
  Every pointer/length pair must describe readable memory; `labels`/`label_lens` hold `nlabels` entries.
@@ -134,7 +141,8 @@ int32_t shmetrics_family(const shmetrics_region *r,
                          const size_t *label_lens,
                          uint32_t nlabels,
                          const double *bounds,
-                         uint32_t nbounds);
+                         uint32_t nbounds,
+                         uint32_t max_series);
 
 /*
  Pointer to family `fam`'s deletion generation (changes on `del`/`reset`), or NULL.
@@ -154,6 +162,8 @@ const double *shmetrics_family_bounds(const shmetrics_region *r, uint32_t fam);
 
 /*
  The first cell of series `fam{values}`, created if needed. Never blocks.
+ When the family's `max_series` is reached, the overflow series' cell is
+ returned with `SHMETRICS_SERIES_OVERFLOW` added (callers must not cache it).
 
  # Safety
  `values`/`lens` must hold `n` valid pointer/length pairs.

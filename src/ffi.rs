@@ -49,6 +49,8 @@ pub const SHMETRICS_FLAG_RESET: u32 = 1;
 pub const SHMETRICS_FORMAT_TEXT: u32 = 0;
 /// OpenMetrics 1.0.0.
 pub const SHMETRICS_FORMAT_OPENMETRICS: u32 = 1;
+/// Added to a `shmetrics_series` result that is the overflow series' cell.
+pub const SHMETRICS_SERIES_OVERFLOW: i32 = 1_073_741_824;
 /// Most family names one scrape may ask for.
 pub const SHMETRICS_MAX_FILTER_NAMES: u32 = 1024;
 
@@ -215,6 +217,8 @@ pub unsafe extern "C" fn shmetrics_open(
 
 /// Defines a metric family (or finds the identical existing one) and returns its id.
 /// `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
+/// `max_series` limits the family's label sets (0: no limit of its own); beyond
+/// it, updates go to one overflow series whose label values are all `__overflow__`.
 ///
 /// # Safety
 /// Every pointer/length pair must describe readable memory; `labels`/`label_lens` hold `nlabels` entries.
@@ -231,6 +235,7 @@ pub unsafe extern "C" fn shmetrics_family(
     nlabels: u32,
     bounds: *const f64,
     nbounds: u32,
+    max_series: u32,
 ) -> i32 {
     guard(SHMETRICS_E_INTERNAL, || {
         let run = || -> Result<i32, Error> {
@@ -251,7 +256,7 @@ pub unsafe extern "C" fn shmetrics_family(
             } else {
                 unsafe { std::slice::from_raw_parts(bounds, nbounds as usize) }
             };
-            let def = store::FamilyDef { kind, name, help, labels: &labels, bounds };
+            let def = store::FamilyDef { kind, name, help, labels: &labels, bounds, max_series };
             Ok(r.define_family(&def)? as i32)
         };
         run().unwrap_or_else(|e| fail(&e))
@@ -294,6 +299,8 @@ pub unsafe extern "C" fn shmetrics_family_bounds(r: *const shmetrics_region, fam
 }
 
 /// The first cell of series `fam{values}`, created if needed. Never blocks.
+/// When the family's `max_series` is reached, the overflow series' cell is
+/// returned with `SHMETRICS_SERIES_OVERFLOW` added (callers must not cache it).
 ///
 /// # Safety
 /// `values`/`lens` must hold `n` valid pointer/length pairs.

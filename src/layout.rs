@@ -96,7 +96,9 @@ pub struct Header {
     pub off_arena: u64,
     pub off_cells: u64,
     pub created_unix: u64,
-    pub _pad1: [u8; 56],
+    /// Why this file was made: one of the `ORIGIN_*` values.
+    pub origin: u32,
+    pub _pad1: [u8; 52],
     // 192: counters.
     pub families_used: AtomicU32,
     pub series_used: AtomicU32,
@@ -109,6 +111,19 @@ pub struct Header {
 }
 const _: () = assert!(std::mem::size_of::<Header>() == 256);
 const _: () = assert!(std::mem::align_of::<Header>() == 64);
+
+/// [`Header::origin`]: no file was there.
+pub const ORIGIN_NEW: u32 = 0;
+/// It replaced a file that was not a region (magic, header or size wrong).
+pub const ORIGIN_BAD_FILE: u32 = 1;
+/// It replaced a region of another layout version (an upgrade).
+pub const ORIGIN_LAYOUT: u32 = 2;
+/// It replaced a region built with other sizes (a configuration change).
+pub const ORIGIN_SIZES: u32 = 3;
+/// It replaced a usable region because the `reset` option was given.
+pub const ORIGIN_RESET: u32 = 4;
+/// Label values of [`Header::origin`] in `shmetrics_region_replaced{reason}`.
+pub const ORIGIN_NAMES: [&str; 5] = ["new", "bad_file", "layout", "sizes", "reset"];
 
 /// Space reserved for the header; sections start after it.
 pub const HEADER_BYTES: u64 = 4096;
@@ -127,7 +142,8 @@ pub struct Slot {
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 /// One metric family. Written by its creator before publication, then read-only
-/// except `state`, `gen` and `dropped`.
+/// except the atomics (`state`, `gen`, `max_series`, `help`, `dropped`,
+/// `series_count`, `overflowed`).
 #[repr(C, align(64))]
 pub struct Family {
     pub state: AtomicU32,
@@ -145,14 +161,27 @@ pub struct Family {
     pub labels_off: u32,
     /// Arena offset of `nbounds` finite `f64` bucket bounds, 8-aligned.
     pub bounds_off: u32,
-    pub _pad0: u32,
+    /// The family's own cardinality limit (0: none); beyond it, new label sets
+    /// are counted in the overflow series. Replaced by a redefinition.
+    pub max_series: AtomicU32,
     /// HELP text as `(arena offset << 32) | length`; replaced whole when a
     /// redefinition (after a reload) brings a new text.
     pub help: AtomicU64,
     /// Series not created because the store was full.
     pub dropped: AtomicU64,
+    /// Live series of this family, the overflow series excluded.
+    pub series_count: AtomicU32,
+    pub _pad0: u32,
+    /// Updates sent to the overflow series because of `max_series`.
+    pub overflowed: AtomicU64,
+    pub _pad1: [u8; 48],
 }
-const _: () = assert!(std::mem::size_of::<Family>() == 64);
+const _: () = assert!(std::mem::size_of::<Family>() == 128);
+
+/// Label value of every label of a family's overflow series.
+pub const OVERFLOW_VALUE: &[u8] = b"__overflow__";
+/// Set in a `shmetrics_series` result when the update goes to the overflow series.
+pub const SERIES_OVERFLOW: u32 = 1 << 30;
 
 /// One series: a family plus label values, and where its cells start.
 #[repr(C, align(8))]
@@ -216,7 +245,7 @@ impl Params {
     pub fn resolved(mut self) -> Params {
         if self.max_cells == 0 {
             let cells = RESERVED_CELLS as u64 + self.max_series as u64 * 8;
-            self.max_cells = cells.min(i32::MAX as u64) as u32;
+            self.max_cells = cells.min(SERIES_OVERFLOW as u64 - 1) as u32;
         }
         if self.arena_bytes == 0 {
             self.arena_bytes = 64 * 1024 + self.max_series as u64 * 128;
@@ -239,8 +268,8 @@ impl Params {
         if p.max_label_bytes == 0 || p.max_label_bytes > 1 << 20 {
             return Err(("max_label_bytes", format!("{} is not in 1..=1048576", p.max_label_bytes)));
         }
-        if p.max_cells <= RESERVED_CELLS || p.max_cells > i32::MAX as u32 {
-            return Err(("max_cells", format!("{} is not in {}..=2147483647", p.max_cells, RESERVED_CELLS + 1)));
+        if p.max_cells <= RESERVED_CELLS || p.max_cells >= SERIES_OVERFLOW {
+            return Err(("max_cells", format!("{} is not in {}..={}", p.max_cells, RESERVED_CELLS + 1, SERIES_OVERFLOW - 1)));
         }
         if p.arena_bytes < 4096 || p.arena_bytes > u32::MAX as u64 {
             return Err(("arena_bytes", format!("{} is not in 4096..=4294967295", p.arena_bytes)));
@@ -258,7 +287,7 @@ impl Params {
         let family_index_cap = (self.max_families as u64 * 2).next_power_of_two().max(16) as u32;
         let slots = HEADER_BYTES;
         let families = align_up(slots + self.max_slots as u64 * 64, 64);
-        let family_index = align_up(families + self.max_families as u64 * 64, 64);
+        let family_index = align_up(families + self.max_families as u64 * 128, 64);
         let series = align_up(family_index + family_index_cap as u64 * 4, 64);
         let series_index = align_up(series + self.max_series as u64 * 24, 64);
         let arena = align_up(series_index + series_index_cap as u64 * 4, 64);

@@ -161,49 +161,50 @@ fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened)
             }
         }
     } else if path.exists() {
-        recreated = Some("the reset option was given".to_string());
+        recreated = Some((ORIGIN_RESET, "the reset option was given".to_string()));
     }
-    let (base, len) = create(path, &c, &params, &off)?;
+    let origin = recreated.as_ref().map_or(ORIGIN_NEW, |r| r.0);
+    let (base, len) = create(path, &c, &params, &off, origin)?;
     let r = Region::new(base, len, path, params, off);
-    Ok((r, recreated.map_or(Opened::Created, Opened::Recreated)))
+    Ok((r, recreated.map_or(Opened::Created, |r| Opened::Recreated(r.1))))
 }
 
 /// Reads the header of an existing file and compares every constant field with
 /// what `params` would build. Returns why the file cannot be used.
-fn validate_existing(fd: libc::c_int, size: u64, params: &Params, off: &Offsets) -> Result<(), String> {
+fn validate_existing(fd: libc::c_int, size: u64, params: &Params, off: &Offsets) -> Result<(), (u32, String)> {
     if size < HEADER_BYTES {
-        return Err(format!("the file is {size} bytes, shorter than a header"));
+        return Err((ORIGIN_BAD_FILE, format!("the file is {size} bytes, shorter than a header")));
     }
     let mut buf = [0u8; 256];
     // SAFETY: `buf` is a valid writable buffer of the given length.
     let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n != buf.len() as isize {
-        return Err("the header could not be read".to_string());
+        return Err((ORIGIN_BAD_FILE, "the header could not be read".to_string()));
     }
     let u16_at = |o: usize| u16::from_le_bytes([buf[o], buf[o + 1]]);
     let u32_at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap());
     if buf[..8] != MAGIC {
-        return Err("wrong magic: not a shmetrics region".to_string());
+        return Err((ORIGIN_BAD_FILE, "wrong magic: not a shmetrics region".to_string()));
     }
     if u16_at(8) != LAYOUT_MAJOR {
-        return Err(format!("layout version {} is not ours ({LAYOUT_MAJOR})", u16_at(8)));
+        return Err((ORIGIN_LAYOUT, format!("layout version {} is not ours ({LAYOUT_MAJOR})", u16_at(8))));
     }
     let want = [
-        ("header_size", u32_at(12) as u64, std::mem::size_of::<Header>() as u64),
+        ("header_size", u32_at(12) as u64, std::mem::size_of::<Header>() as u64, ORIGIN_BAD_FILE),
         // The configured sizes before total_size, which follows from them: the
         // reason then names the option that changed.
-        ("max_series", u32_at(24) as u64, params.max_series as u64),
-        ("max_families", u32_at(28) as u64, params.max_families as u64),
-        ("max_slots", u32_at(32) as u64, params.max_slots as u64),
-        ("max_label_bytes", u32_at(36) as u64, params.max_label_bytes as u64),
-        ("max_cells", u32_at(40) as u64, params.max_cells as u64),
-        ("arena_bytes", u64_at(56), params.arena_bytes),
-        ("total_size", u64_at(16), off.total),
+        ("max_series", u32_at(24) as u64, params.max_series as u64, ORIGIN_SIZES),
+        ("max_families", u32_at(28) as u64, params.max_families as u64, ORIGIN_SIZES),
+        ("max_slots", u32_at(32) as u64, params.max_slots as u64, ORIGIN_SIZES),
+        ("max_label_bytes", u32_at(36) as u64, params.max_label_bytes as u64, ORIGIN_SIZES),
+        ("max_cells", u32_at(40) as u64, params.max_cells as u64, ORIGIN_SIZES),
+        ("arena_bytes", u64_at(56), params.arena_bytes, ORIGIN_SIZES),
+        ("total_size", u64_at(16), off.total, ORIGIN_SIZES),
     ];
-    for (name, have, want) in want {
+    for (name, have, want, origin) in want {
         if have != want {
-            return Err(format!("{name} is {have} in the file, {want} in the configuration"));
+            return Err((origin, format!("{name} is {have} in the file, {want} in the configuration")));
         }
     }
     let offs = [
@@ -217,10 +218,10 @@ fn validate_existing(fd: libc::c_int, size: u64, params: &Params, off: &Offsets)
     ];
     let want_offs = [off.slots, off.families, off.family_index, off.series, off.series_index, off.arena, off.cells];
     if offs != want_offs || u32_at(44) != off.series_index_cap || u32_at(48) != off.family_index_cap {
-        return Err("section offsets differ from this build's".to_string());
+        return Err((ORIGIN_BAD_FILE, "section offsets differ from this build's".to_string()));
     }
     if size != off.total {
-        return Err(format!("the file is {size} bytes, the header says {}", off.total));
+        return Err((ORIGIN_BAD_FILE, format!("the file is {size} bytes, the header says {}", off.total)));
     }
     Ok(())
 }
@@ -259,7 +260,7 @@ fn random_seed() -> u64 {
 
 /// Builds a new file next to `path` and renames it into place, so that a process
 /// opening `path` concurrently sees either the old file or a complete new one.
-fn create(path: &Path, c: &CString, params: &Params, off: &Offsets) -> Result<(*mut u8, usize), Error> {
+fn create(path: &Path, c: &CString, params: &Params, off: &Offsets, origin: u32) -> Result<(*mut u8, usize), Error> {
     let tmp = PathBuf::from(format!("{}.tmp.{}", path.display(), std::process::id()));
     let ctmp = cpath(&tmp)?;
     // SAFETY: valid NUL-terminated path; a stale temporary of ours may be removed.
@@ -321,6 +322,7 @@ fn create(path: &Path, c: &CString, params: &Params, off: &Offsets) -> Result<(*
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    h.origin = origin;
     h.cells_used.store(RESERVED_CELLS, Ordering::Relaxed);
     // Magic last: a file without it is never attached.
     h.magic = MAGIC;

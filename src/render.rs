@@ -289,7 +289,7 @@ impl Render {
         let filter = &self.filter;
         let out = &mut self.buf;
         let family = |out: &mut Vec<u8>, name: &str, kind: u32, help: &[u8], samples: &[(&str, &str, f64)]| {
-            if !filter.wants(name.as_bytes(), kind) {
+            if samples.is_empty() || !filter.wants(name.as_bytes(), kind) {
                 return;
             }
             let (family_name, sample_name) = om_names(name, kind, fmt);
@@ -336,6 +336,50 @@ impl Render {
             b"Series the shared registry can hold (max_series).",
             &[("", "", r.params.max_series as f64)],
         );
+        // Per family, only where something happened: most never drop or overflow.
+        let nfam = h.families_used.load(Ordering::Acquire).min(r.params.max_families);
+        let mut dropped = Vec::new();
+        let mut overflowed = Vec::new();
+        for fam in 0..nfam {
+            let f = r.family(fam);
+            if f.state.load(Ordering::Acquire) != STATE_LIVE {
+                continue;
+            }
+            let name = as_str(r.arena(f.name_off, f.name_len).unwrap_or(b"_"));
+            let d = f.dropped.load(Ordering::Relaxed);
+            if d > 0 {
+                dropped.push(("family", name, d as f64));
+            }
+            let o = f.overflowed.load(Ordering::Relaxed);
+            if o > 0 {
+                overflowed.push(("family", name, o as f64));
+            }
+        }
+        family(
+            out,
+            "shmetrics_series_dropped_total",
+            KIND_COUNTER,
+            b"New series refused because the store was full (max_series, max_cells or arena_bytes), by family.",
+            &dropped,
+        );
+        family(
+            out,
+            "shmetrics_series_overflow_total",
+            KIND_COUNTER,
+            b"Updates counted in a family's __overflow__ series because of its own max_series, by family.",
+            &overflowed,
+        );
+        let origin = h.origin as usize;
+        if origin != ORIGIN_NEW as usize {
+            let reason = ORIGIN_NAMES.get(origin).copied().unwrap_or("unknown");
+            family(
+                out,
+                "shmetrics_region_replaced",
+                KIND_GAUGE,
+                b"1 when this region replaced an unusable file at its path, by reason (the error log has the details).",
+                &[("reason", reason, 1.0)],
+            );
+        }
         let (live, dead, free) = r.slot_stats();
         family(
             out,

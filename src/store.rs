@@ -48,6 +48,8 @@ pub struct FamilyDef<'a> {
     pub help: &'a [u8],
     pub labels: &'a [&'a [u8]],
     pub bounds: &'a [f64],
+    /// The family's own cardinality limit; 0 for none.
+    pub max_series: u32,
 }
 
 fn kind_name(kind: u32) -> &'static str {
@@ -308,6 +310,8 @@ impl Region {
             )));
         }
         usable(&f.state);
+        // A redefinition (after a reload) may bring a new limit.
+        f.max_series.store(def.max_series, Ordering::Relaxed);
         if self.fam_help(f) != def.help {
             // A reload may bring a new HELP text; readers see the old or the new one whole.
             if let Some(off) = self.arena_put(&[def.help], 1) {
@@ -405,6 +409,7 @@ impl Region {
             (*p).bounds_off = bounds_off;
         }
         f.help.store(((help_off as u64) << 32) | def.help.len() as u64, Ordering::Relaxed);
+        f.max_series.store(def.max_series, Ordering::Relaxed);
         Ok(id)
     }
 
@@ -509,11 +514,52 @@ impl Region {
 
     fn series_cell_checked(&self, f: &Family, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
         let hash = self.series_hash(fam, values);
-        let mut pos = match self.find_series(fam, hash, values) {
-            Ok((_, Some((_, cell)))) => return Ok(cell),
+        let pos = match self.find_series(fam, hash, values) {
+            Ok((_, Some((_, cell)))) => return self.checked_cell(f, cell),
             Ok((pos, None)) => pos,
             Err(_) => return Err(Error::Full("the series index is full".to_string())),
         };
+        let overflow_key = !values.is_empty() && values.iter().all(|v| *v == OVERFLOW_VALUE);
+        if overflow_key {
+            // The overflow series is outside the family's limit.
+            return self.insert_series(f, fam, hash, values, pos).map(|(cell, _)| cell);
+        }
+        // Take a place under the family's own limit first; give it back unless
+        // this call is the one that creates the series.
+        let limit = match f.max_series.load(Ordering::Relaxed) {
+            0 => u32::MAX,
+            n => n,
+        };
+        if bump_u32(&f.series_count, 1, limit).is_none() {
+            f.overflowed.fetch_add(1, Ordering::Relaxed);
+            let overflow = vec![OVERFLOW_VALUE; values.len()];
+            return self.series_cell_checked(f, fam, &overflow).map(|c| c | SERIES_OVERFLOW);
+        }
+        let r = self.insert_series(f, fam, hash, values, pos);
+        if !matches!(r, Ok((_, true))) {
+            f.series_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        r.map(|(cell, _)| cell)
+    }
+
+    /// A found series' cell, refused if the family's cells would not fit in a
+    /// slot (only a corrupt file can say so; Lua writes there unchecked).
+    fn checked_cell(&self, f: &Family, cell: u32) -> Result<u32, Error> {
+        let need = match f.kind {
+            KIND_COUNTER => 1,
+            KIND_GAUGE => GAUGE_CELLS,
+            _ => f.nbounds.min(MAX_BUCKETS as u32) + 2,
+        };
+        if cell < RESERVED_CELLS || cell as u64 + need as u64 > self.params.max_cells as u64 || need > f.ncells {
+            return Err(Error::Internal(format!("series cell {cell} is out of bounds: the region is corrupt")));
+        }
+        Ok(cell)
+    }
+
+    /// Builds and publishes a new series at or after index position `pos`.
+    /// Returns its cell and whether this call created it (false: another
+    /// process published the same key first, and its cell is returned).
+    fn insert_series(&self, f: &Family, fam: u32, hash: u32, values: &[&[u8]], mut pos: u32) -> Result<(u32, bool), Error> {
         let id = match self.build_series(f, fam, hash, values) {
             Ok(id) => id,
             Err(e) => {
@@ -522,6 +568,10 @@ impl Region {
             }
         };
         let s = self.series(id);
+        let theirs = |oid: u32| -> Result<(u32, bool), Error> {
+            s.state.store(STATE_ORPHAN, Ordering::Release);
+            Ok((self.checked_cell(f, self.series(oid).cell)?, false))
+        };
         for _ in 0..self.off.series_index_cap {
             let slot = self.series_index(pos);
             // Release: the entry and its key bytes happen-before every lookup that
@@ -530,13 +580,12 @@ impl Region {
                 Ok(_) => {
                     // Release: exposition takes LIVE entries (Acquire) as complete.
                     let _ = s.state.compare_exchange(STATE_WRITING, STATE_LIVE, Ordering::Release, Ordering::Relaxed);
-                    return Ok(s.cell);
+                    return Ok((s.cell, true));
                 }
                 Err(other) => {
                     let oid = other - 1;
                     if self.series_is(oid, fam, hash, values) && usable(&self.series(oid).state) {
-                        s.state.store(STATE_ORPHAN, Ordering::Release);
-                        return Ok(self.series(oid).cell);
+                        return theirs(oid);
                     }
                 }
             }
@@ -548,8 +597,7 @@ impl Region {
                     break;
                 }
                 if self.series_is(v - 1, fam, hash, values) && usable(&self.series(v - 1).state) {
-                    s.state.store(STATE_ORPHAN, Ordering::Release);
-                    return Ok(self.series(v - 1).cell);
+                    return theirs(v - 1);
                 }
             }
         }
@@ -618,6 +666,10 @@ impl Region {
         let gone = [STATE_LIVE, STATE_WRITING]
             .iter()
             .any(|&st| s.state.compare_exchange(st, STATE_DELETED, Ordering::AcqRel, Ordering::Relaxed).is_ok());
+        let overflow_key = !values.is_empty() && values.iter().all(|v| *v == OVERFLOW_VALUE);
+        if gone && !overflow_key {
+            f.series_count.fetch_sub(1, Ordering::Relaxed);
+        }
         // Release: a worker that sees the new generation and looks the series up
         // again sees it DELETED.
         f.gen.fetch_add(1, Ordering::Release);
@@ -635,10 +687,24 @@ impl Region {
                 && s.state.compare_exchange(STATE_LIVE, STATE_DELETED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
             {
                 n += 1;
+                if !self.is_overflow_series(f, s) {
+                    f.series_count.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         f.gen.fetch_add(1, Ordering::Release);
         Ok(n)
+    }
+
+    /// Whether `s` is its family's overflow series (every value `__overflow__`).
+    pub fn is_overflow_series(&self, f: &Family, s: &Series) -> bool {
+        if f.nlabels == 0 {
+            return false;
+        }
+        let mut one = (OVERFLOW_VALUE.len() as u32).to_le_bytes().to_vec();
+        one.extend_from_slice(OVERFLOW_VALUE);
+        let key = self.arena(s.key_off, s.key_len).unwrap_or(b"");
+        key.len() == one.len() * f.nlabels as usize && key.chunks(one.len()).all(|c| c == one)
     }
 
     /// Counts one hot-path error of `reason` for the calling process.

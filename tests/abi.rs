@@ -101,7 +101,7 @@ fn family_help(r: R, kind: u32, name: &str, help: &str, labels: &[&str], bounds:
             if labels.is_empty() { null() } else { lens.as_ptr() },
             labels.len() as u32,
             if bounds.is_empty() { null() } else { bounds.as_ptr() },
-            bounds.len() as u32,
+            bounds.len() as u32, 0,
         )
     }
 }
@@ -305,7 +305,8 @@ fn open_refuses_bad_options_naming_the_option() {
         (opts((1 << 28) + 1, 8), "bad option \"max_series\": 268435457 is not in 1..=268435456"),
         (shmetrics_options { max_families: (1 << 20) + 1, ..opts(100, 8) }, "bad option \"max_families\": 1048577 is not in 1..=1048576"),
         (shmetrics_options { max_label_bytes: (1 << 20) + 1, ..opts(100, 8) }, "bad option \"max_label_bytes\": 1048577 is not in 1..=1048576"),
-        (shmetrics_options { max_cells: 32, ..opts(100, 8) }, "bad option \"max_cells\": 32 is not in 33..=2147483647"),
+        (shmetrics_options { max_cells: 32, ..opts(100, 8) }, "bad option \"max_cells\": 32 is not in 33..=1073741823"),
+        (shmetrics_options { max_cells: 1 << 30, ..opts(100, 8) }, "bad option \"max_cells\": 1073741824 is not in 33..=1073741823"),
         (shmetrics_options { arena_bytes: 100, ..opts(100, 8) }, "bad option \"arena_bytes\": 100 is not in 4096..=4294967295"),
         (shmetrics_options { arena_bytes: 1 << 32, ..opts(100, 8) }, "bad option \"arena_bytes\": 4294967296 is not in 4096..=4294967295"),
     ];
@@ -413,22 +414,22 @@ fn family_null_pointers_are_refused() {
     let null_entry: *const c_char = null();
     // SAFETY (all calls): pointers are NULL or live; the function must refuse NULLs.
     unsafe {
-        let rc = shmetrics_family(null(), 0, name.as_ptr().cast(), name.len(), null(), 0, null(), null(), 0, null(), 0);
+        let rc = shmetrics_family(null(), 0, name.as_ptr().cast(), name.len(), null(), 0, null(), null(), 0, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"region\": NULL"));
-        let rc = shmetrics_family(r, 0, null(), 5, null(), 0, null(), null(), 0, null(), 0);
+        let rc = shmetrics_family(r, 0, null(), 5, null(), 0, null(), null(), 0, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"name\": NULL"));
-        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 3, null(), null(), 0, null(), 0);
+        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 3, null(), null(), 0, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"help\": NULL"));
-        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, null(), &ll, 1, null(), 0);
+        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, null(), &ll, 1, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"label_names\": NULL"));
-        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &lp, null(), 1, null(), 0);
+        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &lp, null(), 1, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"label_names\": NULL"));
-        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &null_entry, &ll, 1, null(), 0);
+        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &null_entry, &ll, 1, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"label_names\": entry 1 is NULL"));
-        let rc = shmetrics_family(r, KIND_HISTOGRAM, "h".as_ptr().cast(), 1, null(), 0, null(), null(), 0, null(), 3);
+        let rc = shmetrics_family(r, KIND_HISTOGRAM, "h".as_ptr().cast(), 1, null(), 0, null(), null(), 0, null(), 3, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"buckets\": NULL or too many"));
         // NULL help with length 0 is an empty help; it works.
-        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &lp, &ll, 1, null(), 0);
+        let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &lp, &ll, 1, null(), 0, 0);
         assert_eq!(rc, 0);
     }
 }

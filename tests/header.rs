@@ -53,7 +53,8 @@ fn lua_local(name: &str) -> i64 {
         .lines()
         .find(|l| l.trim_start().starts_with(&format!("local {name} = ")))
         .unwrap_or_else(|| panic!("local {name} not in the Lua module"));
-    line.split('=').nth(1).unwrap().trim().parse().unwrap()
+    let value = line.split('=').nth(1).unwrap();
+    value.split("--").next().unwrap().trim().parse().unwrap()
 }
 
 #[test]
@@ -76,6 +77,9 @@ fn lua_constants_agree_with_header() {
         ("OPEN_RECREATED", "SHMETRICS_OPEN_RECREATED"),
         ("FORMAT_TEXT", "SHMETRICS_FORMAT_TEXT"),
         ("FLAG_RESET", "SHMETRICS_FLAG_RESET"),
+        ("FORMAT_OPENMETRICS", "SHMETRICS_FORMAT_OPENMETRICS"),
+        ("MAX_FILTER_NAMES", "SHMETRICS_MAX_FILTER_NAMES"),
+        ("SERIES_OVERFLOW", "SHMETRICS_SERIES_OVERFLOW"),
     ] {
         assert_eq!(lua_local(lua), header_define(c), "{lua} vs {c}");
     }

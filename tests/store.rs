@@ -64,7 +64,7 @@ fn create(shm: &Shm, p: Params) -> &'static Region {
 
 fn define(r: &Region, kind: u32, name: &str, help: &str, labels: &[&str], bounds: &[f64]) -> Result<u32, Error> {
     let labels: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
-    r.define_family(&FamilyDef { kind, name: name.as_bytes(), help: help.as_bytes(), labels: &labels, bounds })
+    r.define_family(&FamilyDef { kind, name: name.as_bytes(), help: help.as_bytes(), labels: &labels, bounds, max_series: 0 })
 }
 
 fn family(r: &Region, kind: u32, name: &str, labels: &[&str], bounds: &[f64]) -> u32 {

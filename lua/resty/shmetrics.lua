@@ -51,7 +51,8 @@ int32_t shmetrics_family(const shmetrics_region *r, uint32_t kind,
                          const char *name, size_t name_len,
                          const char *help, size_t help_len,
                          const char *const *labels, const size_t *label_lens,
-                         uint32_t nlabels, const double *bounds, uint32_t nbounds);
+                         uint32_t nlabels, const double *bounds, uint32_t nbounds,
+                         uint32_t max_series);
 const uint32_t *shmetrics_family_gen(const shmetrics_region *r, uint32_t fam);
 const double *shmetrics_family_bounds(const shmetrics_region *r, uint32_t fam);
 int32_t shmetrics_series(const shmetrics_region *r, uint32_t fam,
@@ -84,6 +85,8 @@ local OPEN_RECREATED = 2
 local FORMAT_TEXT = 0
 local FORMAT_OPENMETRICS = 1
 local MAX_FILTER_NAMES = 1024
+local SERIES_OVERFLOW = 1073741824   -- 1 << 30, set in a shmetrics_series result
+local WARN_INTERVAL = 60             -- seconds between warnings of one kind per metric
 local FLAG_RESET = 1
 
 local KIND_COUNTER = 0
@@ -114,6 +117,7 @@ local DEFAULT_BUCKETS = { 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3,
 local MAX_LABELS = 10
 
 local lib               -- the loaded library (namespace: call lib.fn, never cache fn)
+local warn_once         -- defined below
 
 -- Scratch buffers, allocated once per VM and reused on every call.
 local vals_buf = ffi_new("const char *[?]", MAX_LABELS)
@@ -342,6 +346,16 @@ local function attach_slot(self)
     return true
 end
 
+-- Logs `msg` at most once per WARN_INTERVAL per metric and kind.
+warn_once = function(self, kind, msg)
+    local now = ngx and ngx.now and ngx.now() or os.time()
+    local key = "warned_" .. kind
+    if (self[key] or -WARN_INTERVAL) + WARN_INTERVAL <= now then
+        self[key] = now
+        log(ngx and ngx.WARN, "shmetrics: ", msg)
+    end
+end
+
 -- The slow path of every update: slot attachment, cache refresh after a
 -- del/reset elsewhere, series lookup or creation, and the label cache fill.
 -- Returns the series' first cell, or nil, err, reason.
@@ -371,7 +385,19 @@ local function resolve(self, lv)
         anchors[i] = nil
     end
     if rc < 0 then
-        return nil, self.name .. ": " .. last_error(rc), reason_of(rc)
+        local err = self.name .. ": " .. last_error(rc)
+        if rc == E_FULL then
+            warn_once(self, "full", err)
+        end
+        return nil, err, reason_of(rc)
+    end
+    if rc >= SERIES_OVERFLOW then
+        -- Over the family's max_series: counted in the overflow series, and
+        -- not cached (the label sets beyond the limit are unbounded).
+        warn_once(self, "overflow", str_format(
+            "%s: more than max_series=%d label sets; new ones are counted in the "
+            .. "series whose labels are all \"__overflow__\"", self.name, self.max_series))
+        return rc - SERIES_OVERFLOW
     end
     if n == 0 then
         self.cache[1] = rc
@@ -588,7 +614,7 @@ local function check_labels(names, what)
     return names
 end
 
-local function define(self, kind, proto, name, help, label_names, buckets)
+local function define(self, kind, proto, name, help, label_names, buckets, opts)
     if type(name) ~= "string" then
         error("bad argument \"name\": want a string, got " .. type(name), 3)
     end
@@ -619,17 +645,29 @@ local function define(self, kind, proto, name, help, label_names, buckets)
             end
             bounds[i - 1] = buckets[i]
         end
-    elseif buckets ~= nil then
-        error("bad argument #4: only histograms take buckets (nginx-lua-prometheus's "
-              .. "exptime is not supported)", 3)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad argument \"options\": want a table, got " .. type(opts)
+              .. (type(opts) == "number" and " (nginx-lua-prometheus's exptime is not supported)" or ""), 3)
+    end
+    local max_series = 0
+    for k, v in pairs(opts or {}) do
+        if k ~= "max_series" then
+            error("bad option \"" .. tostring(k) .. "\": unknown (metrics take max_series)", 3)
+        end
+        if type(v) ~= "number" or v < 1 or v ~= floor(v) or v > 2^31 then
+            error("bad option \"max_series\": want a positive integer, got " .. tostring(v), 3)
+        end
+        max_series = v
     end
     local fam = lib.shmetrics_family(self.h, kind, name, #name, help, #help,
-                                     labels, lens, n, bounds, nb)
+                                     labels, lens, n, bounds, nb, max_series)
     if fam < 0 then
         error(last_error(fam), 3)
     end
     local existing = self.metrics[fam]
     if existing then
+        existing.max_series = max_series
         return existing
     end
     local genp = lib.shmetrics_family_gen(self.h, fam)
@@ -641,6 +679,7 @@ local function define(self, kind, proto, name, help, label_names, buckets)
         nlabels = n,
         label_names = label_names,
         walk = walk[n],
+        max_series = max_series,
         cache = {},
         genp = genp,
         gen = genp[0],
@@ -664,19 +703,20 @@ local function define(self, kind, proto, name, help, label_names, buckets)
     return m
 end
 
---- prometheus:counter(name, help?, label_names?) -> counter
-function Registry:counter(name, help, label_names, extra)
-    return define(self, KIND_COUNTER, Counter, name, help, label_names, extra)
+--- prometheus:counter(name, help?, label_names?, options?) -> counter
+-- options: { max_series = N } (label sets beyond N go to the overflow series)
+function Registry:counter(name, help, label_names, opts)
+    return define(self, KIND_COUNTER, Counter, name, help, label_names, nil, opts)
 end
 
---- prometheus:gauge(name, help?, label_names?) -> gauge
-function Registry:gauge(name, help, label_names, extra)
-    return define(self, KIND_GAUGE, Gauge, name, help, label_names, extra)
+--- prometheus:gauge(name, help?, label_names?, options?) -> gauge
+function Registry:gauge(name, help, label_names, opts)
+    return define(self, KIND_GAUGE, Gauge, name, help, label_names, nil, opts)
 end
 
---- prometheus:histogram(name, help?, label_names?, buckets?) -> histogram
-function Registry:histogram(name, help, label_names, buckets)
-    return define(self, KIND_HISTOGRAM, Histogram, name, help, label_names, buckets)
+--- prometheus:histogram(name, help?, label_names?, buckets?, options?) -> histogram
+function Registry:histogram(name, help, label_names, buckets, opts)
+    return define(self, KIND_HISTOGRAM, Histogram, name, help, label_names, buckets, opts)
 end
 
 -- Phases in which collect() may yield to the event loop between pieces.

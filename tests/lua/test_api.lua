@@ -217,6 +217,56 @@ test("more than max_series: store_full, existing series keep counting", function
     eq(sample(body, "shmetrics_series_capacity"), "4")
 end)
 
+test("a metric's own max_series sends new label sets to one overflow series", function()
+    local p = h.registry()
+    local c = p:counter("user_requests_total", "R", { "user", "route" }, { max_series = 2 })
+    for i = 1, 5 do assert(c:inc(i, { "u" .. i, "/r" })) end
+    assert(c:inc(10, { "u1", "/r" }))   -- an existing series keeps counting
+    assert(c:inc(1, { "u9", "/r" }))    -- and a new one overflows again
+    local body = p:metric_data()
+    eq(sample(body, 'user_requests_total{user="u1",route="/r"}'), "11")
+    eq(sample(body, 'user_requests_total{user="u2",route="/r"}'), "2")
+    eq(sample(body, 'user_requests_total{user="u3",route="/r"}'), nil)
+    eq(sample(body, 'user_requests_total{user="__overflow__",route="__overflow__"}'), "13")
+    eq(sample(body, 'shmetrics_series_overflow_total{family="user_requests_total"}'), "4")
+    -- Deleting a series makes room for a new one.
+    assert(c:del({ "u2", "/r" }))
+    assert(c:inc(1, { "u7", "/r" }))
+    body = p:metric_data()
+    eq(sample(body, 'user_requests_total{user="u7",route="/r"}'), "1")
+    eq(sample(body, 'user_requests_total{user="__overflow__",route="__overflow__"}'), "13")
+    -- Options are checked.
+    contains(raises(p.counter, p, "o1_total", "x", nil, { max_series = 0 }), '"max_series"')
+    contains(raises(p.counter, p, "o2_total", "x", nil, { nonsense = 1 }), '"nonsense"')
+    contains(raises(p.counter, p, "o3_total", "x", nil, 3600), "exptime")
+    local hh = p:histogram("oh", "x", { "k" }, { 1, 2 }, { max_series = 1 })
+    assert(hh:observe(1, { "a" })); assert(hh:observe(1, { "b" }))
+    eq(sample(p:metric_data(), 'oh_count{k="__overflow__"}'), "1")
+end)
+
+test("a full store counts the dropped series per family", function()
+    local p = h.registry({ max_series = 2 })
+    local c = p:counter("d_total", "D", { "k" })
+    for i = 1, 5 do c:inc(1, { "k" .. i }) end
+    local body = p:metric_data()
+    eq(sample(body, 'shmetrics_series_dropped_total{family="d_total"}'), "3")
+    eq(sample(body, 'shmetrics_errors_total{reason="store_full"}'), "3")
+end)
+
+test("a garbage file at the path is replaced, and a self-metric says so", function()
+    local path = "/dev/shm/shmetrics-lt-garbage-" .. math.random(1, 1e9)
+    local f = assert(io.open(path, "wb"))
+    f:write(string.rep("garbage!", 1000))
+    f:close()
+    os.execute("chmod 600 " .. path)
+    local p = require("resty.shmetrics").init("lt_garbage", { path = path })
+    local body = p:metric_data()
+    os.remove(path)
+    eq(sample(body, 'shmetrics_region_replaced{reason="bad_file"}'), "1")
+    local q = h.registry()
+    eq(sample(q:metric_data(), 'shmetrics_region_replaced{reason="bad_file"}'), nil)
+end)
+
 test("init with the same name returns the same registry", function()
     local sm = require "resty.shmetrics"
     local a = sm.init("same_name_test", { path = "/dev/shm/shmetrics-same-name-test", reset = true })
