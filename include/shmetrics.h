@@ -64,6 +64,11 @@ typedef struct shmetrics_render shmetrics_render;
 #define SHMETRICS_FORMAT_OPENMETRICS 1
 
 /*
+ The JSON view: user families with their series and values.
+ */
+#define SHMETRICS_FORMAT_JSON 2
+
+/*
  Added to a `shmetrics_series` result that is the overflow series' cell.
  */
 #define SHMETRICS_SERIES_OVERFLOW 1073741824

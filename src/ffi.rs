@@ -49,6 +49,8 @@ pub const SHMETRICS_FLAG_RESET: u32 = 1;
 pub const SHMETRICS_FORMAT_TEXT: u32 = 0;
 /// OpenMetrics 1.0.0.
 pub const SHMETRICS_FORMAT_OPENMETRICS: u32 = 1;
+/// The JSON view: user families with their series and values.
+pub const SHMETRICS_FORMAT_JSON: u32 = 2;
 /// Added to a `shmetrics_series` result that is the overflow series' cell.
 pub const SHMETRICS_SERIES_OVERFLOW: i32 = 1_073_741_824;
 /// Most family names one scrape may ask for.
@@ -440,7 +442,7 @@ pub unsafe extern "C" fn shmetrics_render_open(
                 return Err(Error::invalid("bad argument \"out\": NULL".into()));
             }
             let fmt = match format {
-                SHMETRICS_FORMAT_TEXT => Format::Text004,
+                SHMETRICS_FORMAT_TEXT | SHMETRICS_FORMAT_JSON => Format::Text004,
                 SHMETRICS_FORMAT_OPENMETRICS => Format::OpenMetrics,
                 _ => return Err(Error::invalid(format!("bad argument \"format\": {format}"))),
             };
@@ -460,8 +462,13 @@ pub unsafe extern "C" fn shmetrics_render_open(
                 }
                 Filter::names(v)
             };
-            // SAFETY: `out` checked non-NULL.
-            unsafe { *out = Box::into_raw(Box::new(Render::with_filter(r, fmt, filter))) };
+            let it = if format == SHMETRICS_FORMAT_JSON {
+                Render::json(r, filter)
+            } else {
+                Render::with_filter(r, fmt, filter)
+            };
+            // SAFETY: `out` checked non-NULL above.
+            unsafe { *out = Box::into_raw(Box::new(it)) };
             Ok(0)
         };
         run().unwrap_or_else(|e| fail(&e))

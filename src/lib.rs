@@ -7,6 +7,7 @@ pub mod error;
 pub mod expo;
 pub mod ffi;
 pub mod hash;
+pub mod json;
 pub mod layout;
 pub mod region;
 pub mod render;

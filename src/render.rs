@@ -9,12 +9,15 @@
 use std::sync::atomic::Ordering;
 
 use crate::expo::{self, Format};
+use crate::json;
 use crate::layout::*;
 use crate::region::Region;
 
 pub struct Render {
     region: &'static Region,
     fmt: Format,
+    /// The JSON view instead of `fmt` (user families only, no self-metrics).
+    json: bool,
     /// Live series ids, grouped by family.
     order: Vec<u32>,
     /// `(family id, start, end)` ranges of `order`, in family id order.
@@ -76,6 +79,13 @@ impl Render {
         Render::with_filter(region, fmt, Filter::all())
     }
 
+    /// A renderer of the JSON view (see `json.rs` for its shape).
+    pub fn json(region: &'static Region, filter: Filter) -> Render {
+        let mut r = Render::with_filter(region, Format::Text004, filter);
+        r.json = true;
+        r
+    }
+
     pub fn with_filter(region: &'static Region, fmt: Format, filter: Filter) -> Render {
         let h = region.header();
         // Acquire: every id below these counts was allocated before; its state
@@ -125,6 +135,7 @@ impl Render {
         Render {
             region,
             fmt,
+            json: false,
             order,
             groups,
             slots,
@@ -149,6 +160,9 @@ impl Render {
     /// everything is rendered. Returns false when there was nothing left.
     pub fn next_chunk(&mut self, hint: usize) -> bool {
         self.buf.clear();
+        if self.json {
+            return self.next_json_chunk(hint);
+        }
         while self.buf.len() < hint {
             if self.group < self.groups.len() {
                 self.render_some(hint);
@@ -160,6 +174,113 @@ impl Render {
             }
         }
         !self.buf.is_empty()
+    }
+
+    fn next_json_chunk(&mut self, hint: usize) -> bool {
+        if self.self_done {
+            return false;
+        }
+        if self.group == 0 && self.pos == 0 {
+            self.buf.extend_from_slice(b"{\"families\":[");
+        }
+        while self.buf.len() < hint && self.group < self.groups.len() {
+            self.render_some_json(hint);
+        }
+        if self.group >= self.groups.len() {
+            self.buf.extend_from_slice(b"]}\n");
+            self.self_done = true;
+        }
+        true
+    }
+
+    fn render_some_json(&mut self, hint: usize) {
+        let r = self.region;
+        let (fam, start, end) = self.groups[self.group];
+        let f = r.family(fam);
+        let label_names = r.fam_labels(f);
+        let bounds = r.fam_bounds(f);
+        if self.pos <= start {
+            self.pos = start;
+            if self.group > 0 {
+                self.buf.push(b',');
+            }
+            let type_name = match f.kind {
+                KIND_COUNTER => "counter",
+                KIND_GAUGE => "gauge",
+                _ => "histogram",
+            };
+            self.buf.extend_from_slice(b"{\"name\":");
+            json::write_string(&mut self.buf, r.arena(f.name_off, f.name_len).unwrap_or(b"_"));
+            self.buf.extend_from_slice(b",\"type\":\"");
+            self.buf.extend_from_slice(type_name.as_bytes());
+            self.buf.extend_from_slice(b"\",\"help\":");
+            json::write_string(&mut self.buf, r.fam_help(f));
+            self.buf.extend_from_slice(b",\"labels\":[");
+            for (i, l) in label_names.iter().enumerate() {
+                if i > 0 {
+                    self.buf.push(b',');
+                }
+                json::write_string(&mut self.buf, l);
+            }
+            self.buf.extend_from_slice(b"],\"series\":[");
+        }
+        let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
+        let mut progressed = false;
+        while self.pos < end && (!progressed || self.buf.len() < hint) {
+            progressed = true;
+            let s = r.series(self.order[self.pos]);
+            let first = self.pos == start;
+            self.pos += 1;
+            values.clear();
+            if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values) || values.len() != label_names.len() {
+                continue;
+            }
+            if !first {
+                self.buf.push(b',');
+            }
+            self.buf.extend_from_slice(b"{\"labels\":{");
+            for (i, (n, v)) in label_names.iter().zip(&values).enumerate() {
+                if i > 0 {
+                    self.buf.push(b',');
+                }
+                json::write_string(&mut self.buf, n);
+                self.buf.push(b':');
+                json::write_string(&mut self.buf, v);
+            }
+            self.buf.push(b'}');
+            match f.kind {
+                KIND_COUNTER | KIND_GAUGE => {
+                    let v = if f.kind == KIND_COUNTER { self.sum(s.cell) } else { self.gauge_value(s.cell) };
+                    self.buf.extend_from_slice(b",\"value\":");
+                    json::write_number(&mut self.buf, v);
+                }
+                _ => {
+                    let sums: Vec<f64> = (0..bounds.len() as u32 + 2).map(|i| self.sum(s.cell + i)).collect();
+                    self.buf.extend_from_slice(b",\"buckets\":[");
+                    let mut acc = 0.0;
+                    for (i, b) in bounds.iter().enumerate() {
+                        acc += sums[i];
+                        self.buf.push(b'[');
+                        json::write_number(&mut self.buf, *b);
+                        self.buf.push(b',');
+                        json::write_number(&mut self.buf, acc);
+                        self.buf.extend_from_slice(b"],");
+                    }
+                    acc += sums[bounds.len()];
+                    self.buf.extend_from_slice(b"[\"+Inf\",");
+                    json::write_number(&mut self.buf, acc);
+                    self.buf.extend_from_slice(b"]],\"sum\":");
+                    json::write_number(&mut self.buf, sums[bounds.len() + 1]);
+                    self.buf.extend_from_slice(b",\"count\":");
+                    json::write_number(&mut self.buf, acc);
+                }
+            }
+            self.buf.push(b'}');
+        }
+        if self.pos >= end {
+            self.buf.extend_from_slice(b"]}");
+            self.group += 1;
+        }
     }
 
     /// Sum of cell `idx` over every claimed slot.

@@ -744,8 +744,8 @@ fn render_null_arguments_are_refused() {
         assert_eq!(last_error(), "bad argument \"region\": NULL");
         assert_eq!(shmetrics_render_open(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, null_mut()), SHMETRICS_E_INVALID);
         assert_eq!(last_error(), "bad argument \"out\": NULL");
-        assert_eq!(shmetrics_render_open(r, 2, null(), null(), 0, &mut it), SHMETRICS_E_INVALID);
-        assert_eq!(last_error(), "bad argument \"format\": 2");
+        assert_eq!(shmetrics_render_open(r, 3, null(), null(), 0, &mut it), SHMETRICS_E_INVALID);
+        assert_eq!(last_error(), "bad argument \"format\": 3");
         // A name filter of n > 0 entries needs both arrays, and no NULL entry.
         let name = "x";
         let np: *const c_char = name.as_ptr().cast();

@@ -84,6 +84,7 @@ local E_NO_SLOT = -6
 local OPEN_RECREATED = 2
 local FORMAT_TEXT = 0
 local FORMAT_OPENMETRICS = 1
+local FORMAT_JSON = 2
 local MAX_FILTER_NAMES = 1024
 local SERIES_OVERFLOW = 1073741824   -- 1 << 30, set in a shmetrics_series result
 local WARN_INTERVAL = 60             -- seconds between warnings of one kind per metric
@@ -107,8 +108,9 @@ local R = {
 local CONTENT_TYPE = {
     [FORMAT_TEXT] = "text/plain; version=0.0.4; charset=utf-8",
     [FORMAT_OPENMETRICS] = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    [FORMAT_JSON] = "application/json; charset=utf-8",
 }
-local FORMATS = { text = FORMAT_TEXT, openmetrics = FORMAT_OPENMETRICS }
+local FORMATS = { text = FORMAT_TEXT, openmetrics = FORMAT_OPENMETRICS, json = FORMAT_JSON }
 
 -- The default buckets of nginx-lua-prometheus, so switching keeps dashboards.
 local DEFAULT_BUCKETS = { 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3,
@@ -827,12 +829,12 @@ local function pause()
 end
 
 --- prometheus:metric_data(format?, names?) -> string | nil, err
--- format: "text" (default, 0.0.4) or "openmetrics"; names: family names to
--- include (default: all).
+-- format: "text" (default, 0.0.4), "openmetrics" or "json"; names: family
+-- names to include (default: all).
 function Registry:metric_data(format, names)
     local f = FORMATS[format or "text"]
     if not f then
-        return nil, "format must be \"text\" or \"openmetrics\""
+        return nil, "format must be \"text\", \"openmetrics\" or \"json\""
     end
     local parts = {}
     local ok, err = render(self, f, names, function(s) parts[#parts + 1] = s end)
@@ -840,6 +842,22 @@ function Registry:metric_data(format, names)
         return nil, err
     end
     return concat(parts)
+end
+
+--- prometheus:collect_json()   (content_by_lua: serves the JSON view)
+-- `?name[]=a&name[]=b` limits it to those families.
+function Registry:collect_json()
+    local names = ngx.req.get_uri_args()["name[]"]
+    if names == true then
+        names = nil
+    end
+    ngx.header.content_type = CONTENT_TYPE[FORMAT_JSON]
+    local ok, err = render(self, FORMAT_JSON, names, ngx.print,
+                           YIELDABLE[ngx.get_phase()] and pause or nil)
+    if not ok then
+        log(ngx.ERR, "shmetrics: rendering failed: ", err)
+        return ngx.exit(ngx.HTTP_INTERNAL_SERVER_ERROR)
+    end
 end
 
 --- prometheus:collect()   (content_by_lua: serves the exposition)

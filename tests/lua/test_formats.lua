@@ -27,7 +27,7 @@ end)
 
 test("metric_data rejects an unknown format", function()
     local p = h.registry()
-    local ok, err = p:metric_data("json")
+    local ok, err = p:metric_data("xml")
     eq(ok, nil); contains(err, "format")
 end)
 
@@ -75,6 +75,96 @@ test("Accept negotiation follows q-values the way Prometheus sends them", functi
     eq(neg("application/openmetrics-text;version=2.0.0"), TEXT)
     eq(neg("application/openmetrics-text;q=0"), TEXT)
     eq(neg({ "text/plain;q=0.1", "application/openmetrics-text" }), OM)
+end)
+
+-- A small JSON reader for the test (strict enough for our output).
+local function json_decode(s)
+    local pos = 1
+    local function ws() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
+    local value
+    local function str()
+        local out, i = {}, pos + 1
+        while true do
+            local c = s:sub(i, i)
+            if c == '"' then pos = i + 1; return table.concat(out) end
+            if c == "\\" then
+                local e = s:sub(i + 1, i + 1)
+                local map = { n = "\n", t = "\t", r = "\r", ['"'] = '"', ["\\"] = "\\", ["/"] = "/" }
+                if e == "u" then
+                    out[#out + 1] = string.char(tonumber(s:sub(i + 2, i + 5), 16)); i = i + 6
+                else
+                    out[#out + 1] = assert(map[e], "bad escape"); i = i + 2
+                end
+            else
+                out[#out + 1] = c; i = i + 1
+            end
+        end
+    end
+    function value()
+        ws()
+        local c = s:sub(pos, pos)
+        if c == "{" then
+            local t = {}; pos = pos + 1; ws()
+            if s:sub(pos, pos) == "}" then pos = pos + 1; return t end
+            while true do
+                ws(); local k = str(); ws(); assert(s:sub(pos, pos) == ":"); pos = pos + 1
+                t[k] = value(); ws()
+                local d = s:sub(pos, pos); pos = pos + 1
+                if d == "}" then return t end
+                assert(d == ",", "expected , at " .. pos)
+            end
+        elseif c == "[" then
+            local t = {}; pos = pos + 1; ws()
+            if s:sub(pos, pos) == "]" then pos = pos + 1; return t end
+            while true do
+                t[#t + 1] = value(); ws()
+                local d = s:sub(pos, pos); pos = pos + 1
+                if d == "]" then return t end
+                assert(d == ",", "expected , at " .. pos)
+            end
+        elseif c == '"' then
+            return str()
+        else
+            local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
+            assert(num and #num > 0, "bad value at " .. pos .. ": " .. s:sub(pos, pos + 20))
+            pos = pos + #num
+            return tonumber(num)
+        end
+    end
+    local v = value(); ws()
+    assert(pos == #s + 1, "trailing data at " .. pos)
+    return v
+end
+
+test("JSON view: families, labels, values, cumulative buckets", function()
+    local p = h.registry({ chunk_bytes = 16 })
+    local c = p:counter("ns_requests_total", "Requests \"by\" namespace", { "namespace" })
+    local g = p:gauge("temp", "T")
+    local hh = p:histogram("lat_seconds", "L", { "model" }, { 0.5, 1 })
+    c:inc(3, { "wechat" }); c:inc(2, { 'we"ird\n' })
+    g:set(-1 / 0)
+    hh:observe(0.2, { "gpt-4" }); hh:observe(0.7, { "gpt-4" }); hh:observe(3, { "gpt-4" })
+    local body = assert(p:metric_data("json"))
+    local doc = json_decode(body)
+    eq(#doc.families, 3)
+    local f1, f2, f3 = doc.families[1], doc.families[2], doc.families[3]
+    eq(f1.name, "ns_requests_total"); eq(f1.type, "counter"); eq(f1.help, 'Requests "by" namespace')
+    eq(f1.labels[1], "namespace")
+    eq(#f1.series, 2)
+    eq(f1.series[1].labels.namespace, "wechat"); eq(f1.series[1].value, 3)
+    eq(f1.series[2].labels.namespace, 'we"ird\n'); eq(f1.series[2].value, 2)
+    eq(f2.name, "temp"); eq(f2.series[1].value, "-Inf")
+    eq(f3.type, "histogram")
+    local s = f3.series[1]
+    eq(s.labels.model, "gpt-4")
+    eq(#s.buckets, 3)
+    eq(s.buckets[1][1], 0.5); eq(s.buckets[1][2], 1)
+    eq(s.buckets[2][1], 1); eq(s.buckets[2][2], 2)
+    eq(s.buckets[3][1], "+Inf"); eq(s.buckets[3][2], 3)
+    eq(s.sum, 3.9); eq(s.count, 3)
+    local only = json_decode(assert(p:metric_data("json", { "temp" })))
+    eq(#only.families, 1); eq(only.families[1].name, "temp")
+    eq(assert(p:metric_data("json", { "none" })), '{"families":[]}\n')
 end)
 
 return T
