@@ -73,6 +73,7 @@ local REASONS = {
     "usage_not_requested",  -- SSE stream without usage; the request lacked
                             -- stream_options.include_usage
     "namespace_overflow",   -- more distinct namespaces than max_namespaces
+    "callback_error",       -- a namespace/route/upstream function raised: see error.log
     "internal",             -- a Lua error in this module (a bug): see error.log
 }
 
@@ -84,13 +85,24 @@ local function is_ws(b)
     return b == 32 or b == 10 or b == 13 or b == 9
 end
 
-local function skip_ws(s, p, n)
+local function skip_ws_loop(s, p, n)
     while p <= n do
         local b = byte(s, p)
         if b ~= 32 and b ~= 10 and b ~= 13 and b ~= 9 then
             return p
         end
         p = p + 1
+    end
+    return p
+end
+
+-- The first non-blank index at or after p (> n if none). Loop-free when there is
+-- no blank, as in most machine-written JSON: a loop here would split the trace of
+-- every caller.
+local function skip_ws(s, p, n)
+    local b = byte(s, p)
+    if b == 32 or b == 10 or b == 13 or b == 9 then
+        return skip_ws_loop(s, p + 1, n)
     end
     return p
 end
@@ -160,14 +172,10 @@ local function skip_value(s, p, n)
     return q
 end
 
--- s[p..] starts with lit (byte by byte: `find` would search on past p).
+-- s[p..] starts with lit. (`find` would search on past p; LuaJIT compiles a
+-- `sub` compared with a string to a compare, without making the string.)
 local function has_at(s, p, lit)
-    for i = 1, #lit do
-        if byte(s, p + i - 1) ~= byte(lit, i) then
-            return false
-        end
-    end
-    return true
+    return sub(s, p, p + #lit - 1) == lit
 end
 
 -- The string whose quotes are at p and e is key.
@@ -343,16 +351,17 @@ local function strict_number(s, p, n)
 end
 
 local function strict_literal(s, p, n, lit)
-    local m = #lit
-    for k = 1, m do
-        if p + k - 1 > n then
-            return MORE
+    local e = p + #lit
+    if e - 1 <= n then
+        if sub(s, p, e - 1) == lit then
+            return e
         end
-        if byte(s, p + k - 1) ~= byte(lit, k) then
-            return BAD
-        end
+        return BAD
     end
-    return p + m
+    if sub(s, p, n) == sub(lit, 1, n - p + 1) then
+        return MORE
+    end
+    return BAD
 end
 
 local strict_value
@@ -532,6 +541,28 @@ end
 ------------------------------------------------------------------------------
 -- Response scanners. `st` is the request's state; chunks are only read.
 
+-- Reads the `"usage"` found at k in chunk[..n]. Returns where to search on, or
+-- nil when the chunk ends inside the object (carried to the next chunk, or bad
+-- at the end of the body).
+local function json_usage_at(st, chunk, k, n, eof)
+    local code, tin, tout, e = parse_usage(chunk, k, n)
+    if code == USAGE_OK then
+        st.tokens_in, st.tokens_out = tin, tout
+        return e
+    elseif code == MORE then
+        if n - k + 1 < USAGE_MAX and not eof then
+            st.carry = sub(chunk, k)
+            st.pending = true
+        else
+            st.usage_bad = true
+        end
+        return nil
+    elseif code == BAD then
+        st.usage_bad = true
+    end
+    return k + 1
+end
+
 -- A non-streamed JSON body: the first and last non-blank bytes frame an object;
 -- every `"usage"` key is read (the last one that parses wins). Between chunks
 -- only a small carry is kept: a usage object in progress (<= USAGE_MAX bytes)
@@ -549,8 +580,11 @@ local function json_feed(st, chunk, eof)
             end
         end
         local q = n
-        while q >= 1 and is_ws(byte(chunk, q)) do
+        if is_ws(byte(chunk, q)) then
             q = q - 1
+            while q >= 1 and is_ws(byte(chunk, q)) do
+                q = q - 1
+            end
         end
         if q >= 1 then
             st.last_byte = byte(chunk, q)
@@ -603,26 +637,19 @@ local function json_feed(st, chunk, eof)
         end
     end
     local k = find(chunk, '"usage"', from, true)
-    while k ~= nil do
-        local code, tin, tout, e = parse_usage(chunk, k, n)
-        if code == USAGE_OK then
-            st.tokens_in, st.tokens_out = tin, tout
-            from = e
-            k = find(chunk, '"usage"', e, true)
-        elseif code == MORE then
-            if n - k + 1 < USAGE_MAX and not eof then
-                st.carry = sub(chunk, k)
-                st.pending = true
-            else
-                st.usage_bad = true
-            end
+    if k ~= nil then
+        -- usually one match: `if`, and a loop only for more (see skip_ws)
+        from = json_usage_at(st, chunk, k, n, eof)
+        if from == nil then
             return
-        else
-            if code == BAD then
-                st.usage_bad = true
+        end
+        k = find(chunk, '"usage"', from, true)
+        while k ~= nil do
+            from = json_usage_at(st, chunk, k, n, eof)
+            if from == nil then
+                return
             end
-            from = k + 7
-            k = find(chunk, '"usage"', k + 1, true)
+            k = find(chunk, '"usage"', from, true)
         end
     end
     if not eof and n > 0 then
@@ -644,6 +671,19 @@ local function json_feed(st, chunk, eof)
             st.carry = sub(s, qp)
         end
     end
+end
+
+-- Reads the `"usage"` found at u in the line ending at j; returns the next one
+-- in s (or #s + 1).
+local function sse_usage_at(st, s, u, j)
+    local code, tin, tout, e = parse_usage(s, u, j)
+    if code == USAGE_OK then
+        st.tokens_in, st.tokens_out = tin, tout
+        return find(s, '"usage"', e, true) or #s + 1
+    elseif code == BAD or code == MORE then
+        st.usage_bad = true     -- the line ended inside the object: MORE is bad too
+    end
+    return find(s, '"usage"', u + 1, true) or #s + 1
 end
 
 -- One complete SSE line s[i..j] (without its "\n"). `u` is the index of the next
@@ -671,16 +711,10 @@ local function sse_line(st, s, i, j, now, u)
             if st.ttft_at == nil then
                 st.ttft_at = now
             end
-            while u <= j do
-                local code, tin, tout, e = parse_usage(s, u, j)
-                if code == USAGE_OK then
-                    st.tokens_in, st.tokens_out = tin, tout
-                    u = find(s, '"usage"', e, true) or #s + 1
-                else
-                    if code == BAD or code == MORE then
-                        st.usage_bad = true
-                    end
-                    u = find(s, '"usage"', u + 7, true) or #s + 1
+            if u <= j then
+                u = sse_usage_at(st, s, u, j)
+                while u <= j do     -- a second key in one line: rare
+                    u = sse_usage_at(st, s, u, j)
                 end
             end
         elseif b == 91 and j - p == 5 and has_at(s, p, "[DONE]") then
@@ -842,9 +876,10 @@ local function check_buckets(v, what)
     return v
 end
 
-local function check_string(v, what)
+-- Setup checks raise at the caller of new(): level 3 from a check new() calls.
+local function check_string(v, what, level)
     if type(v) ~= "string" or v == "" then
-        error("bad option \"" .. what .. "\": want a non-empty string, got " .. type(v), 3)
+        error("bad option \"" .. what .. "\": want a non-empty string, got " .. type(v), level or 3)
     end
     return v
 end
@@ -863,7 +898,7 @@ local function set_of(list, what)
     end
     local set = {}
     for _, v in ipairs(list) do
-        set[check_string(v, what)] = v
+        set[check_string(v, what, 4)] = v
     end
     return set
 end
@@ -1057,20 +1092,34 @@ local function count(self, reason)
     self.instrumentation_errors:inc(1, l1)
 end
 
--- Logs a Lua error of this module at most every 10 s per worker, and counts it.
-local function internal(self, err)
-    count(self, "internal")
+-- Counts a Lua error and logs it, at most every 10 s per worker.
+local function report(self, reason, what, err)
+    count(self, reason)
     local now = ngx.now()
     if now - self.last_internal_log >= 10 then
         self.last_internal_log = now
-        ngx.log(ngx.ERR, "shmetrics gateway: ", tostring(err))
+        ngx.log(ngx.ERR, "shmetrics gateway: ", what, tostring(err))
     end
+end
+
+local function internal(self, err)
+    report(self, "internal", "", err)
+end
+
+-- Calls a function the configuration gave; nil when it raised.
+local function callback(self, fn, arg)
+    local ok, v = pcall(fn, arg)
+    if ok then
+        return v
+    end
+    report(self, "callback_error", "an option's function raised: ", v)
+    return nil
 end
 
 local function namespace_of(self)
     local ns
     if self.ns_fn then
-        ns = self.ns_fn()
+        ns = callback(self, self.ns_fn)
     elseif self.ns_var then
         ns = ngx.var[self.ns_var]
     end
@@ -1102,7 +1151,7 @@ local function route_of(self)
     if self.routes then
         r = self.routes[uri]
     else
-        r = self.route_fn(uri)
+        r = callback(self, self.route_fn, uri)
     end
     if type(r) ~= "string" or r == "" then
         return OTHER
@@ -1204,7 +1253,8 @@ local function body_filter(self)
     if mode == MODE_JSON then
         json_feed(st, ngx.arg[1], eof)
     elseif mode == MODE_SSE then
-        sse_feed(st, ngx.arg[1], eof, ngx.now())
+        -- the clock is only needed until the first event is stamped (TTFT)
+        sse_feed(st, ngx.arg[1], eof, st.ttft_at == nil and ngx.now() or 0)
     end
 end
 
@@ -1222,7 +1272,7 @@ local function upstream_label(self)
     end
     local u
     if self.upstream_fn then
-        u = self.upstream_fn()
+        u = callback(self, self.upstream_fn)
     else
         u = ngx.var[self.upstream_var]
     end
