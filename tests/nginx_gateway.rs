@@ -681,12 +681,35 @@ fn streams_pass_through_untouched_and_unbuffered() {
     nginx.assert_no_errors(&[]);
 }
 
-/// nginx-test-conf/demo_gateway.conf (the proposed `make demo`) starts, and the curls
-/// its header shows move the metrics they say.
+/// The seed's catalog (its README): family -> label names (histograms without `le`).
+const CATALOG: &[(&str, &[&str])] = &[
+    ("gateway_requests_total", &["method", "path", "namespace"]),
+    ("gateway_request_duration_seconds", &["method", "path", "namespace"]),
+    ("rate_limit_hits_total", &["namespace", "rule_type"]),
+    ("rate_limit_violations_total", &["namespace", "rule_type"]),
+    ("cache_hits_total", &["cache_type"]),
+    ("cache_misses_total", &["cache_type"]),
+    ("http_requests_total", &["method", "endpoint", "status_code", "namespace"]),
+    ("http_request_duration_seconds", &["method", "endpoint", "namespace"]),
+    ("namespace_requests_total", &["namespace", "status"]),
+    ("namespace_tokens_total", &["namespace", "token_type"]),
+    ("errors_total", &["error_type", "namespace", "upstream"]),
+    ("model_requests_total", &["model", "namespace", "status"]),
+    ("model_tokens_input_total", &["model", "namespace"]),
+    ("model_tokens_output_total", &["model", "namespace"]),
+    ("model_request_duration_seconds", &["model", "namespace"]),
+    ("model_throughput_tokens_per_second", &["model", "namespace"]),
+    ("model_cost_usd_total", &["model", "namespace"]),
+    ("model_accuracy_percent", &["model", "task_type"]),
+];
+
+/// `make demo` (nginx-test-conf/demo.conf) starts, the curls its header shows move
+/// the metrics they say, and every family of the seed's catalog is there with
+/// exactly the plan's label names.
 #[test]
-fn demo_gateway_conf_runs() {
+fn demo_conf_records_the_catalog() {
     let mock_port = free_port();
-    let nginx = Nginx::start("demo_gateway", &[("MOCK_PORT", &mock_port.to_string())]);
+    let nginx = Nginx::start("demo", &[("MOCK_PORT", &mock_port.to_string())]);
     let chat = |ns: &str, body: &str, extra: &[(&str, &str)]| {
         let mut h: Vec<(&str, String)> = vec![("X-Namespace", ns.to_string())];
         h.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
@@ -696,15 +719,37 @@ fn demo_gateway_conf_runs() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let r = chat("alipay", r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hi"}]}"#, &[]);
     assert_eq!(r.status, 200);
-    let r = chat("wechat", r#"{"model":"gpt-4o","messages":[]}"#, &[("X-Mock-Status", "500")]);
+    let r = chat("alipay", r#"{"model":"gpt-4o","messages":[]}"#, &[("X-Mock-Status", "500")]);
     assert_eq!(r.status, 500);
-    let (body, _) = settle(nginx.metrics_port, |e| {
-        expect_value(e, "model_tokens_output_total", &[("model", "gpt-4o"), ("namespace", "wechat")], 30.0)?;
+    // wechat is limited to 5 requests a second: a quick burst of 12 meets the limit.
+    let limited = (0..12)
+        .map(|_| chat("wechat", r#"{"model":"gpt-4o","messages":[]}"#, &[]).status)
+        .filter(|&s| s == 429)
+        .count();
+    assert!(limited >= 1, "no 429 in a burst of 12");
+    let (body, exp) = settle(nginx.metrics_port, |e| {
         expect_value(e, "model_tokens_output_total", &[("model", "gpt-4o-mini"), ("namespace", "alipay")], 20.0)?;
-        expect_value(e, "errors_total", &[("error_type", "upstream_5xx"), ("namespace", "wechat"), ("upstream", "openai")], 1.0)?;
-        let cost = e.value("model_cost_usd_total", &[("model", "gpt-4o-mini"), ("namespace", "alipay")]).unwrap_or(0.0);
-        if cost > 0.0 { Ok(()) } else { Err(format!("gpt-4o-mini/alipay cost {cost}")) }
+        expect_value(e, "errors_total", &[("error_type", "upstream_5xx"), ("namespace", "alipay"), ("upstream", "openai")], 1.0)?;
+        expect_value(e, "rate_limit_violations_total", &[("namespace", "wechat"), ("rule_type", "requests_per_second")], limited as f64)
     });
+    for (family, labels) in CATALOG {
+        let fam = exp.family(family).unwrap_or_else(|| panic!("{family} missing"));
+        assert!(fam.help.is_some(), "{family} has no HELP");
+        let samples: Vec<_> = exp.samples.iter().filter(|s| exp.families[s.family].name == *family).collect();
+        assert!(!samples.is_empty(), "{family} has no series");
+        for s in samples {
+            let mut names: Vec<&str> = s.labels.keys().map(String::as_str).filter(|k| *k != "le").collect();
+            let mut want = labels.to_vec();
+            names.sort();
+            want.sort();
+            assert_eq!(names, want, "label names of {}", s.name);
+        }
+    }
+    let gpt4o_wechat = [("model", "gpt-4o"), ("namespace", "wechat")];
+    assert_eq!(exp.value("model_tokens_output_total", &gpt4o_wechat), Some(30.0 * (1 + 12 - limited) as f64));
+    assert_eq!(exp.value("model_accuracy_percent", &[("model", "gpt-4o"), ("task_type", "classification")]), Some(92.5));
+    assert_eq!(exp.sum("gateway_instrumentation_errors_total"), 0.0);
+    assert_eq!(exp.sum("shmetrics_errors_total"), 0.0);
     promtool_check(&body).unwrap();
     nginx.assert_no_errors(&[]);
 }
