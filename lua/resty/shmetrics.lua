@@ -8,9 +8,8 @@ local error = error
 local tostring = tostring
 local tonumber = tonumber
 local pairs = pairs
-local ipairs = ipairs
-local select = select
 local setmetatable = setmetatable
+local getmetatable = getmetatable
 local floor = math.floor
 local concat = table.concat
 local str_find = string.find
@@ -424,138 +423,194 @@ local function resolve(self, lv)
     return rc
 end
 
--- Finds the cell of lv on the fast path, or falls back to resolve().
--- Inlined by hand in each method below to keep the hot path one trace.
-
-local Counter = setmetatable({}, Metric)
-Counter.__index = Counter
-
---- counter:inc(value?, label_values?) -> true | nil, err
-function Counter:inc(value, lv)
-    if value == nil then
-        value = 1
-    elseif type(value) ~= "number" then
-        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
-    elseif not (value >= 0 and value < INF) then
-        if value ~= value then
-            return fail(self, self.name .. ": value is NaN", R.value_nan)
-        elseif value < 0 then
-            return fail(self, self.name .. ": counters cannot decrease (value " .. value .. ")", R.value_negative)
-        end
-        return fail(self, self.name .. ": value is infinite", R.value_infinite)
-    end
+-- Where an update goes: (cells, cell) of the series named by lv, from the
+-- label cache on the fast path, else through resolve(); or nil, err, reason.
+local function locate(self, lv)
     local cells = self.cells
     local cell = self.walk(self.cache, lv)
     if cell == nil or cells == nil or self.genp[0] ~= self.gen then
         local err, reason
         cell, err, reason = resolve(self, lv)
         if not cell then
-            return fail(self, err, reason)
+            return nil, err, reason
         end
         cells = self.cells
     end
-    cells[cell] = cells[cell] + value
-    return true
+    return cells, cell
 end
 
-local Gauge = setmetatable({}, Metric)
-Gauge.__index = Gauge
-
---- gauge:set(value, label_values?) -> true | nil, err   (last writer wins)
-function Gauge:set(value, lv)
-    if type(value) ~= "number" then
-        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
-    elseif value ~= value then
-        return fail(self, self.name .. ": value is NaN", R.value_nan)
-    end
-    local cells = self.cells
-    local cell = self.walk(self.cache, lv)
-    if cell == nil or cells == nil or self.genp[0] ~= self.gen then
-        local err, reason
-        cell, err, reason = resolve(self, lv)
+-- The same for a child (metric:labels()): its cell is bound once, and looked
+-- up again only when a del/reset moved the family's generation or the
+-- process has no slot yet.
+local function locate_child(self)
+    local m = self.metric
+    local cells = m.cells
+    if cells == nil or m.genp[0] ~= self.gen then
+        local cell, err, reason = resolve(m, self.lv)
         if not cell then
-            return fail(self, err, reason)
+            return nil, err, reason
         end
-        cells = self.cells
+        self.cell = cell
+        self.gen = m.gen
+        return m.cells, cell
     end
+    return cells, self.cell
+end
+
+-- Value checks: the value to record, or nil, a message suffix and a reason.
+local function check_count(v)          -- counter:inc
+    if v == nil then
+        return 1
+    elseif type(v) ~= "number" then
+        return nil, ": value must be a number, got " .. type(v), R.value_type
+    elseif v >= 0 and v < INF then
+        return v
+    elseif v ~= v then
+        return nil, ": value is NaN", R.value_nan
+    elseif v < 0 then
+        return nil, ": counters cannot decrease (value " .. v .. ")", R.value_negative
+    end
+    return nil, ": value is infinite", R.value_infinite
+end
+
+local function check_delta(v)          -- gauge:inc
+    if v == nil then
+        return 1
+    elseif type(v) ~= "number" then
+        return nil, ": value must be a number, got " .. type(v), R.value_type
+    elseif v > -INF and v < INF then
+        return v
+    elseif v ~= v then
+        return nil, ": value is NaN", R.value_nan
+    end
+    return nil, ": value is infinite", R.value_infinite
+end
+
+local function check_level(v)          -- gauge:set (±Inf allowed)
+    if type(v) ~= "number" then
+        return nil, ": value must be a number, got " .. type(v), R.value_type
+    elseif v ~= v then
+        return nil, ": value is NaN", R.value_nan
+    end
+    return v
+end
+
+local function check_sample(v)         -- histogram:observe
+    if type(v) ~= "number" then
+        return nil, ": value must be a number, got " .. type(v), R.value_type
+    end
+    return check_delta(v)
+end
+
+-- What each update does to the cells of its series (m: the metric).
+local function add(m, cells, cell, v)
+    cells[cell] = cells[cell] + v
+end
+
+local function set_level(m, cells, cell, v)
     -- A stamp unique to this write: the slot's own sequence and the slot number.
     local seq = cells[CELL_GAUGE_SEQ] + 1
     cells[CELL_GAUGE_SEQ] = seq
-    local stamp = seq * STAMP_SLOTS + self.slot
-    cells[cell] = value
+    local stamp = seq * STAMP_SLOTS + m.slot
+    cells[cell] = v
     cells[cell + 1] = stamp
     -- Publishing the stamp last makes this set the one readers use.
-    self.shared[cell] = stamp
-    return true
+    m.shared[cell] = stamp
 end
 
---- gauge:inc(value?, label_values?) -> true | nil, err   (adds up across workers)
-function Gauge:inc(value, lv)
-    if value == nil then
-        value = 1
-    elseif type(value) ~= "number" then
-        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
-    elseif not (value > -INF and value < INF) then
-        if value ~= value then
-            return fail(self, self.name .. ": value is NaN", R.value_nan)
-        end
-        return fail(self, self.name .. ": value is infinite", R.value_infinite)
-    end
-    local cells = self.cells
-    local cell = self.walk(self.cache, lv)
-    if cell == nil or cells == nil or self.genp[0] ~= self.gen then
-        local err, reason
-        cell, err, reason = resolve(self, lv)
-        if not cell then
-            return fail(self, err, reason)
-        end
-        cells = self.cells
-    end
+local function add_delta(m, cells, cell, v)
     -- Deltas count only since the last set (whose stamp is shared).
-    local stamp = self.shared[cell]
+    local stamp = m.shared[cell]
     if cells[cell + 3] ~= stamp then
         cells[cell + 2] = 0
         cells[cell + 3] = stamp
     end
-    cells[cell + 2] = cells[cell + 2] + value
-    return true
+    cells[cell + 2] = cells[cell + 2] + v
 end
 
---- gauge:dec(value?, label_values?)
-function Gauge:dec(value, lv)
-    if value == nil then
-        value = 1
-    elseif type(value) ~= "number" then
-        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
-    end
-    return self:inc(-value, lv)
+local function observe(m, cells, cell, v)
+    lib.shmetrics_observe(cells, cell, m.bounds, m.nbounds, v)
 end
+
+-- Builds an update method from its value check, its cell update and how it
+-- finds the series. Made once at load time: each method is one closure whose
+-- upvalues LuaJIT specialises on, so the whole update compiles into the
+-- caller's trace. Returns true, or nil, err (counted, never raised).
+local function updater(check, apply, find)
+    return function(self, value, lv)
+        local m = self.metric
+        local v, err, reason = check(value)
+        if v == nil then
+            return fail(m, m.name .. err, reason)
+        end
+        local cells, cell
+        cells, cell, reason = find(self, lv)
+        if not cells then
+            return fail(m, cell, reason)
+        end
+        apply(m, cells, cell, v)
+        return true
+    end
+end
+
+local Counter = setmetatable({}, Metric)
+Counter.__index = Counter
+--- counter:inc(value?, label_values?) -> true | nil, err
+Counter.inc = updater(check_count, add, locate)
+
+local Gauge = setmetatable({}, Metric)
+Gauge.__index = Gauge
+--- gauge:set(value, label_values?) -> true | nil, err   (last writer wins)
+Gauge.set = updater(check_level, set_level, locate)
+--- gauge:inc(value?, label_values?) -> true | nil, err   (adds up across workers)
+Gauge.inc = updater(check_delta, add_delta, locate)
 
 local Histogram = setmetatable({}, Metric)
 Histogram.__index = Histogram
-
 --- histogram:observe(value, label_values?) -> true | nil, err
-function Histogram:observe(value, lv)
-    if type(value) ~= "number" then
-        return fail(self, self.name .. ": value must be a number, got " .. type(value), R.value_type)
-    elseif not (value > -INF and value < INF) then
-        if value ~= value then
-            return fail(self, self.name .. ": value is NaN", R.value_nan)
-        end
-        return fail(self, self.name .. ": value is infinite", R.value_infinite)
+Histogram.observe = updater(check_sample, observe, locate)
+
+-- Children: a metric with its label values bound (metric:labels(...)).
+local CounterChild = { inc = updater(check_count, add, locate_child) }
+CounterChild.__index = CounterChild
+local GaugeChild = {
+    set = updater(check_level, set_level, locate_child),
+    inc = updater(check_delta, add_delta, locate_child),
+}
+GaugeChild.__index = GaugeChild
+local HistogramChild = { observe = updater(check_sample, observe, locate_child) }
+HistogramChild.__index = HistogramChild
+
+--- gauge:dec(value?, label_values?), child:dec(value?)
+local function dec(self, value, lv)
+    if value == nil then
+        value = 1
+    elseif type(value) ~= "number" then
+        local m = self.metric
+        return fail(m, m.name .. ": value must be a number, got " .. type(value), R.value_type)
     end
-    local cells = self.cells
-    local cell = self.walk(self.cache, lv)
-    if cell == nil or cells == nil or self.genp[0] ~= self.gen then
-        local err, reason
-        cell, err, reason = resolve(self, lv)
-        if not cell then
-            return fail(self, err, reason)
-        end
-        cells = self.cells
+    return self:inc(-value, lv)
+end
+Gauge.dec = dec
+GaugeChild.dec = dec
+
+local CHILD = { [Counter] = CounterChild, [Gauge] = GaugeChild, [Histogram] = HistogramChild }
+
+--- child = metric:labels(label_values) -> child | nil, err
+-- Binds label values once; child:inc(v) / child:set(v) / child:observe(v) then
+-- skip the label lookup. The values are copied: changing the table later does
+-- not change the child.
+function Metric:labels(lv)
+    local cell, err, reason = resolve(self, lv)
+    if not cell then
+        return fail(self, err, reason)
     end
-    lib.shmetrics_observe(cells, cell, self.bounds, self.nbounds, value)
-    return true
+    local copy = {}
+    for i = 1, self.nlabels do
+        copy[i] = lv[i]
+    end
+    return setmetatable({ metric = self, lv = copy, cell = cell, gen = self.gen },
+                        CHILD[getmetatable(self)])
 end
 
 --- metric:del(label_values) -> true | nil, err
@@ -689,6 +744,7 @@ local function define(self, kind, proto, name, help, label_names, buckets, opts)
         shared = self.shared,
         slot = self.slot,
     }, proto)
+    m.metric = m    -- the update methods serve metrics and children alike
     if kind == KIND_HISTOGRAM then
         m.bounds = lib.shmetrics_family_bounds(self.h, fam)
         -- the library drops a trailing +Inf
@@ -903,7 +959,7 @@ function _M.init(name, opts)
         if type(v) ~= want then
             error(str_format("bad option \"%s\": want a %s, got %s", k, want, type(v)), 2)
         end
-        if want == "number" and (v < 0 or v ~= floor(v) or v > 2^40) then
+        if want == "number" and (v < 0 or v ~= floor(v) or v > (k == "arena_bytes" and 2^40 or 2^32 - 1)) then
             error(str_format("bad option \"%s\": want a non-negative integer, got %s", k, tostring(v)), 2)
         end
     end

@@ -267,6 +267,45 @@ test("a garbage file at the path is replaced, and a self-metric says so", functi
     eq(sample(q:metric_data(), 'shmetrics_region_replaced{reason="bad_file"}'), nil)
 end)
 
+test("labels() binds label values once: children record into the same series", function()
+    local p = h.registry()
+    local c = p:counter("kid_total", "K", { "a", "b" })
+    local g = p:gauge("kid_gauge", "K", { "a" })
+    local hh = p:histogram("kid_seconds", "K", { "a" }, { 1 })
+    local lv = { "x", "y" }
+    local kid = assert(c:labels(lv))
+    lv[1] = "changed"                      -- the child keeps its own copy
+    for _ = 1, 10 do assert(kid:inc()) end
+    assert(kid:inc(2.5))
+    assert(c:inc(1, { "x", "y" }))
+    local gk = assert(g:labels({ "x" }))
+    assert(gk:set(7)); assert(gk:inc(2)); assert(gk:dec())
+    local hk = assert(hh:labels({ "x" }))
+    assert(hk:observe(0.5)); assert(hk:observe(5))
+    local body = p:metric_data()
+    eq(sample(body, 'kid_total{a="x",b="y"}'), "13.5")
+    eq(sample(body, 'kid_total{a="changed",b="y"}'), nil)
+    eq(sample(body, 'kid_gauge{a="x"}'), "8")
+    eq(sample(body, 'kid_seconds_bucket{a="x",le="1"}'), "1")
+    eq(sample(body, 'kid_seconds_count{a="x"}'), "2")
+    -- Bad values: nil, err, counted, as for the metric itself.
+    local ok, err = kid:inc(-1)
+    eq(ok, nil); contains(err, "cannot decrease")
+    ok, err = hk:observe(0 / 0)
+    eq(ok, nil); contains(err, "NaN")
+    -- After a reset, a child records into a new series from 0.
+    assert(c:reset())
+    assert(kid:inc(1))
+    eq(sample(p:metric_data(), 'kid_total{a="x",b="y"}'), "1")
+    -- Wrong label values: labels() itself returns nil, err.
+    ok, err = c:labels({ "only-one" })
+    eq(ok, nil); contains(err, "2 label values")
+    body = p:metric_data()
+    eq(sample(body, 'shmetrics_errors_total{reason="value_negative"}'), "1")
+    eq(sample(body, 'shmetrics_errors_total{reason="value_nan"}'), "1")
+    eq(sample(body, 'shmetrics_errors_total{reason="label_count"}'), "1")
+end)
+
 test("init with the same name returns the same registry", function()
     local sm = require "resty.shmetrics"
     local a = sm.init("same_name_test", { path = "/dev/shm/shmetrics-same-name-test", reset = true })

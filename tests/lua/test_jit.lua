@@ -88,6 +88,21 @@ test("gauge:set and gauge:inc compile to loop traces", function()
     h.eq(h.sample(p:metric_data(), 'j_gauge{model="gpt-4",namespace="wechat"}'), tostring(N + N))
 end)
 
+test("a child's inc and observe compile to loop traces", function()
+    local p = h.registry()
+    local c = p:counter("jk_total", "J", { "method", "path", "namespace" })
+    local hist = p:histogram("jk_seconds", "J", { "method" })
+    local kids = { c:labels({ "GET", "/a", "x" }), c:labels({ "POST", "/b", "y" }) }
+    local hk = hist:labels({ "GET" })
+    check_compiles("child:inc", function()
+        for i = 1, N do kids[i % 2 + 1]:inc(1) end
+    end)
+    check_compiles("child:observe", function()
+        for i = 1, N do hk:observe((i % 50) * 0.01) end
+    end)
+    h.eq(h.sample(p:metric_data(), 'jk_total{method="GET",path="/a",namespace="x"}'), tostring(N / 2))
+end)
+
 test("the trace check itself fails on a loop that does not compile", function()
     local ok, err = pcall(check_compiles, "os.time loop", function()
         local t = 0
