@@ -40,5 +40,10 @@ else
     fi
 fi
 
-# Python packages: none needed yet. When one is (e.g. prometheus_client's OpenMetrics
-# parser, see FACTS.md), install it here with `python3 -m pip install`.
+# Python: prometheus_client's strict OpenMetrics parser, used by tests/nginx_formats.rs
+# (promtool 2.42 does not parse OpenMetrics).
+if command -v python3 >/dev/null && ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    echo "deps: python3 -m pip install prometheus_client"
+    python3 -m pip install --quiet prometheus_client \
+        || echo "deps: warning: pip failed; the OpenMetrics parser checks will be skipped"
+fi

@@ -1,7 +1,7 @@
 //! JSON writers for the `SHMETRICS_FORMAT_JSON` view (for dashboards and front
 //! ends that want numbers, not the Prometheus text format).
 //!
-//! Shape (documented in README.md, "JSON view"):
+//! Shape (documented in docs/prometheus.md, "The JSON view"):
 //!
 //! ```json
 //! {"families":[

@@ -6,12 +6,14 @@
 //! - `scrape`: a back-to-back `/metrics` scrape loop checking every body
 //! - `expo`: a strict 0.0.4 exposition parser and the invariants on it
 //! - `promtool`: `promtool check metrics`, batched
+//! - `prometheus`: a real Prometheus server, its query API, PromQL reference arithmetic
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub mod expo;
 pub mod gateway;
 pub mod http;
 pub mod nginx;
+pub mod prometheus;
 pub mod promtool;
 pub mod scrape;
 
