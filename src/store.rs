@@ -61,8 +61,13 @@ fn kind_name(kind: u32) -> &'static str {
     }
 }
 
+/// A user-supplied name for a message: at most 128 bytes of it.
 fn show(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    const MAX: usize = 128;
+    if b.len() <= MAX {
+        return String::from_utf8_lossy(b).into_owned();
+    }
+    format!("{}... ({} bytes)", String::from_utf8_lossy(&b[..MAX]), b.len())
 }
 
 /// Bumps `counter` by `n` unless that passes `limit`; returns the old value.
@@ -88,22 +93,28 @@ pub fn owner_alive(owner: u64) -> bool {
     if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
         return false;
     }
-    match proc_start_time(pid) {
-        Some(st) => (st & 0xffff_ffff) as u32 == (owner >> 32) as u32,
+    match proc_stat(pid) {
+        // A zombie has exited: its stores are complete, only its parent has not
+        // reaped it yet (PID 1 in a container may take its time).
+        Some((state, _)) if state == 'Z' || state == 'X' => false,
+        Some((_, st)) => (st & 0xffff_ffff) as u32 == (owner >> 32) as u32,
         None => true,
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
-fn proc_start_time(pid: i32) -> Option<u64> {
+/// State (field 3) and start time (field 22, clock ticks since boot) of
+/// `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    let mut f = rest.split_ascii_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.nth(18)?.parse().ok()?))
 }
 
 fn my_owner_word() -> u64 {
     let pid = std::process::id();
-    let st = proc_start_time(pid as i32).unwrap_or(0);
+    let st = proc_stat(pid as i32).map_or(0, |(_, st)| st);
     ((st & 0xffff_ffff) << 32) | pid as u64
 }
 
@@ -531,9 +542,10 @@ impl Region {
             n => n,
         };
         if bump_u32(&f.series_count, 1, limit).is_none() {
-            f.overflowed.fetch_add(1, Ordering::Relaxed);
             let overflow = vec![OVERFLOW_VALUE; values.len()];
-            return self.series_cell_checked(f, fam, &overflow).map(|c| c | SERIES_OVERFLOW);
+            let cell = self.series_cell_checked(f, fam, &overflow)?;
+            f.overflowed.fetch_add(1, Ordering::Relaxed);
+            return Ok(cell | SERIES_OVERFLOW);
         }
         let r = self.insert_series(f, fam, hash, values, pos);
         if !matches!(r, Ok((_, true))) {

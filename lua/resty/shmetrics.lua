@@ -615,16 +615,16 @@ end
 
 --- metric:del(label_values) -> true | nil, err
 function Metric:del(lv)
-    local ok, err = fill_labels(self, lv)
+    local ok, err, reason = fill_labels(self, lv)
     if not ok then
-        return nil, err
+        return fail(self, err, reason)
     end
     local rc = lib.shmetrics_delete(self.reg.h, self.fam, vals_buf, lens_buf, self.nlabels)
     for i = 1, self.nlabels do
         anchors[i] = nil
     end
     if rc < 0 then
-        return nil, self.name .. ": " .. last_error(rc)
+        return fail(self, self.name .. ": " .. last_error(rc), reason_of(rc))
     end
     return true
 end
@@ -900,12 +900,29 @@ function Registry:metric_data(format, names)
     return concat(parts)
 end
 
+-- The ?name[]= filter of a scrape: nil (all), or an array of names; false
+-- for a malformed query ("?name[]" without a value), a client error.
+local function scrape_names()
+    local names = ngx.req.get_uri_args()["name[]"]
+    if names == nil or names == true then
+        return nil
+    end
+    if type(names) == "table" then
+        for i = 1, #names do
+            if type(names[i]) ~= "string" then
+                return false
+            end
+        end
+    end
+    return names
+end
+
 --- prometheus:collect_json()   (content_by_lua: serves the JSON view)
 -- `?name[]=a&name[]=b` limits it to those families.
 function Registry:collect_json()
-    local names = ngx.req.get_uri_args()["name[]"]
-    if names == true then
-        names = nil
+    local names = scrape_names()
+    if names == false then
+        return ngx.exit(ngx.HTTP_BAD_REQUEST)
     end
     ngx.header.content_type = CONTENT_TYPE[FORMAT_JSON]
     local ok, err = render(self, FORMAT_JSON, names, ngx.print,
@@ -921,9 +938,9 @@ end
 -- scrape to those families.
 function Registry:collect()
     local format = negotiate(ngx.var.http_accept)
-    local names = ngx.req.get_uri_args()["name[]"]
-    if names == true then
-        names = nil
+    local names = scrape_names()
+    if names == false then
+        return ngx.exit(ngx.HTTP_BAD_REQUEST)
     end
     ngx.header.content_type = CONTENT_TYPE[format]
     local ok, err = render(self, format, names, ngx.print,
@@ -944,8 +961,8 @@ local OPTIONS = {
 --- shmetrics.init(name, options?) -> registry
 -- Call in init_by_lua (the master maps the region before forking the workers).
 function _M.init(name, opts)
-    if type(name) ~= "string" or not str_find(name, "^[%w_.-]+$") then
-        error("bad argument \"name\": want a name of letters, digits, '_', '.', '-'", 2)
+    if type(name) ~= "string" or not str_find(name, "^[%w_.-]+$") or #name > 200 then
+        error("bad argument \"name\": want at most 200 letters, digits, '_', '.', '-'", 2)
     end
     if opts ~= nil and type(opts) ~= "table" then
         error("bad argument \"options\": want a table, got " .. type(opts), 2)

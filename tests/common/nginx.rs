@@ -198,6 +198,22 @@ impl Nginx {
         }
     }
 
+    /// Renders `nginx-test-conf/<template>.conf` and starts it expecting nginx to
+    /// refuse to start (an `init_by_lua` error, say). Returns the failure report:
+    /// the exit status and error.log. Panics if nginx starts.
+    pub fn start_failing(template: &str, vars: &[(&str, &str)]) -> String {
+        let path = repo_dir().join("nginx-test-conf").join(format!("{template}.conf"));
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        for _ in 0..4 {
+            match Nginx::try_start(template, &text, vars) {
+                Ok(nginx) => panic!("nginx started (master {}) but should have refused to", nginx.master),
+                Err((msg, true)) => eprintln!("nginx could not bind, retrying with new ports: {msg}"),
+                Err((msg, false)) => return msg,
+            }
+        }
+        panic!("nginx could not bind after 4 attempts")
+    }
+
     /// `Err((message, address_in_use))`
     fn try_start(name: &str, template: &str, vars: &[(&str, &str)]) -> Result<Nginx, (String, bool)> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
