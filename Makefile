@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all deps build test demo clean
+.PHONY: all deps build test demo bench fuzz clean
 
 all: build
 
@@ -21,7 +21,10 @@ test: deps build
 demo: deps build
 	scripts/demo.sh
 
-# bench: added later (hot-path and renderer benchmarks, BENCHMARKS.md).
+# Benchmarks (not tests): per-op, per-request, scrape and memory; writes BENCHMARKS.md.
+# `scripts/bench.sh ops scrape` runs some sections; BENCH_QUICK=1 for a smoke run.
+bench: deps build
+	scripts/bench.sh
 # fuzz: added later (exposition/ABI fuzzing).
 
 clean:

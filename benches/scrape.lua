@@ -1,0 +1,154 @@
+-- The scrape benchmark's setup and in-worker render timing
+-- (nginx-test-conf/bench_scrape.conf).
+--
+-- Series are 3-label counters (method, path, namespace) spread over 10 families,
+-- so one registry entry is one exposition line: "N series" means N sample lines
+-- (plus the self-metrics). Family 9 counts fractional amounts (shortest
+-- round-trip floats), the others integers.
+
+local ffi = require "ffi"
+local ops = require "ops"
+
+local floor = math.floor
+local concat = table.concat
+
+local M = {}
+
+local FAMILIES = 10
+local METHODS = { "GET", "POST", "PUT", "DELETE" }
+local fams = {}
+local made = 0
+
+function M.define(prometheus)
+    M.prometheus = prometheus
+    for f = 0, FAMILIES - 1 do
+        fams[f] = prometheus:counter("bench_scrape_" .. f .. "_total",
+                                     "Scrape benchmark family " .. f,
+                                     { "method", "path", "namespace" })
+    end
+end
+
+-- Creates series made+1 .. n (each written once from this worker). Returns
+-- "<created> <ns per creation>".
+function M.setup(n)
+    local t0 = ops.now_ns()
+    local first = made
+    for i = made, n - 1 do
+        local f = i % FAMILIES
+        local j = floor(i / FAMILIES)
+        local lv = { METHODS[j % 4 + 1], "/v1/api/" .. floor(j / 100), "ns" .. (floor(j / 4) % 25) }
+        local ok, err = fams[f]:inc(f == 9 and (j % 1000) * 0.0042 + 0.0042 or j % 100000 + 1, lv)
+        if not ok then
+            return nil, err
+        end
+    end
+    made = math.max(made, n)
+    local dt = ops.now_ns() - t0
+    local created = made - first
+    return created, created > 0 and dt / created or 0
+end
+
+-- clock_gettime and its timespec are declared by ops.lua.
+local CLOCK_THREAD_CPUTIME_ID = 3
+local cts = ffi.new("shmetrics_bench_timespec")
+local function cpu_ns()
+    ffi.C.clock_gettime(CLOCK_THREAD_CPUTIME_ID, cts)
+    return tonumber(cts.tv_sec) * 1e9 + tonumber(cts.tv_nsec)
+end
+
+-- The renderer alone, through the C ABI (include/shmetrics.h): open, every
+-- piece, close, without copying the pieces into Lua strings.
+local lib
+local render_out, chunk_out, len_out
+local function raw_render()
+    if not lib then
+        lib = ffi.load(assert(package.searchpath("libshmetrics", package.cpath)))
+        render_out = ffi.new("shmetrics_render *[1]")
+        chunk_out = ffi.new("const char *[1]")
+        len_out = ffi.new("size_t[1]")
+    end
+    assert(lib.shmetrics_render_open(M.prometheus.h, 0, nil, nil, 0, render_out) >= 0)
+    local it, bytes = render_out[0], 0
+    while lib.shmetrics_render_next(it, 65536, chunk_out, len_out) > 0 do
+        bytes = bytes + tonumber(len_out[0])
+    end
+    lib.shmetrics_render_close(it)
+    return bytes
+end
+
+-- Times f() `runs` times after one first run; returns the first run's wall ms,
+-- and lists of wall and thread-CPU ms.
+local function timed(f, runs)
+    local t0 = ops.now_ns()
+    f()
+    local first = (ops.now_ns() - t0) / 1e6
+    collectgarbage()
+    local wall, cpu = {}, {}
+    for r = 1, runs do
+        local w0, c0 = ops.now_ns(), cpu_ns()
+        f()
+        wall[r] = string.format("%.3f", (ops.now_ns() - w0) / 1e6)
+        cpu[r] = string.format("%.3f", (cpu_ns() - c0) / 1e6)
+        collectgarbage()
+    end
+    return first, wall, cpu
+end
+
+-- /render?what=raw|md&runs=R: a JSON object with, for the renderer alone (raw)
+-- or metric_data() (md), the body size, the first run and R more runs (wall and
+-- CPU ms).
+function M.render(what, runs)
+    local size, f
+    if what == "raw" then
+        f = function() size = raw_render() end
+    else
+        f = function() size = #M.prometheus:metric_data() end
+    end
+    local ok, first, wall, cpu = pcall(timed, f, runs)
+    if not ok then
+        return string.format('{"error": "%s"}', (tostring(first):gsub('[%c"\\]', " ")))
+    end
+    return string.format('{"size": %d, "first": %.3f, "wall": [%s], "cpu": [%s]}',
+                         size, first, concat(wall, ","), concat(cpu, ","))
+end
+
+-- The stall monitor: a 1 ms timer chain in the worker that records the longest
+-- gap between two of its ticks while armed. A tick is late by as long as the
+-- worker was busy elsewhere (a scrape piece not yielding, say): the longest gap
+-- minus 1 ms is the longest time the worker served nothing else.
+local armed, last, maxgap = false, 0, 0
+
+local function tick(premature)
+    if premature or not armed then
+        return
+    end
+    local now = ops.now_ns()
+    if last > 0 and now - last > maxgap then
+        maxgap = now - last
+    end
+    last = now
+    local ok, err = ngx.timer.at(0.001, tick)
+    if not ok then
+        ngx.log(ngx.ERR, "stall monitor: ", err)
+        armed = false
+    end
+end
+
+-- /monitor?op=arm starts a measurement, /monitor?op=read ends it and returns
+-- the longest gap in ms.
+function M.monitor(op)
+    if op == "arm" then
+        if not armed then
+            armed, last, maxgap = true, 0, 0
+            local ok, err = ngx.timer.at(0, tick)
+            if not ok then
+                return nil, err
+            end
+        end
+        return 0
+    end
+    armed = false
+    return maxgap / 1e6
+end
+
+return M
