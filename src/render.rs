@@ -12,12 +12,16 @@ use crate::expo::{self, Format};
 use crate::json;
 use crate::layout::*;
 use crate::region::Region;
+use crate::store;
 
 pub struct Render {
     region: &'static Region,
     fmt: Format,
     /// The JSON view instead of `fmt` (user families only, no self-metrics).
     json: bool,
+    /// The JSON view has written a series of the current family (a comma goes
+    /// before the next one; skipped series do not count).
+    json_series: bool,
     /// Live series ids, grouped by family.
     order: Vec<u32>,
     /// `(family id, start, end)` ranges of `order`, in family id order.
@@ -104,8 +108,10 @@ impl Render {
             let s = region.series(id);
             if s.state.load(Ordering::Acquire) == STATE_LIVE && s.family < nfam && wanted[s.family as usize] {
                 let f = region.family(s.family);
+                // The cells read are those of the kind; `ncells` comes from the file.
+                let need = store::kind_cells(f).max(f.ncells);
                 let ok = f.state.load(Ordering::Acquire) == STATE_LIVE
-                    && s.cell as u64 + f.ncells as u64 <= region.params.max_cells as u64;
+                    && s.cell as u64 + need as u64 <= region.params.max_cells as u64;
                 if ok {
                     count[s.family as usize] += 1;
                     live.push(id);
@@ -136,6 +142,7 @@ impl Render {
             region,
             fmt,
             json: false,
+            json_series: false,
             order,
             groups,
             slots,
@@ -180,10 +187,15 @@ impl Render {
         if self.self_done {
             return false;
         }
-        if self.group == 0 && self.pos == 0 {
+        // The prefix alone can reach a small hint: render one piece after it
+        // anyway, or the next call would write it again (only render_some_json
+        // moves group/pos), forever with a constant small hint.
+        let mut first = self.group == 0 && self.pos == 0;
+        if first {
             self.buf.extend_from_slice(b"{\"families\":[");
         }
-        while self.buf.len() < hint && self.group < self.groups.len() {
+        while (first || self.buf.len() < hint) && self.group < self.groups.len() {
+            first = false;
             self.render_some_json(hint);
         }
         if self.group >= self.groups.len() {
@@ -223,21 +235,22 @@ impl Render {
                 json::write_string(&mut self.buf, l);
             }
             self.buf.extend_from_slice(b"],\"series\":[");
+            self.json_series = false;
         }
         let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
         let mut progressed = false;
         while self.pos < end && (!progressed || self.buf.len() < hint) {
             progressed = true;
             let s = r.series(self.order[self.pos]);
-            let first = self.pos == start;
             self.pos += 1;
             values.clear();
             if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values) || values.len() != label_names.len() {
                 continue;
             }
-            if !first {
+            if self.json_series {
                 self.buf.push(b',');
             }
+            self.json_series = true;
             self.buf.extend_from_slice(b"{\"labels\":{");
             for (i, (n, v)) in label_names.iter().zip(&values).enumerate() {
                 if i > 0 {

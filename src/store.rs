@@ -557,11 +557,7 @@ impl Region {
     /// A found series' cell, refused if the family's cells would not fit in a
     /// slot (only a corrupt file can say so; Lua writes there unchecked).
     fn checked_cell(&self, f: &Family, cell: u32) -> Result<u32, Error> {
-        let need = match f.kind {
-            KIND_COUNTER => 1,
-            KIND_GAUGE => GAUGE_CELLS,
-            _ => f.nbounds.min(MAX_BUCKETS as u32) + 2,
-        };
+        let need = kind_cells(f);
         if cell < RESERVED_CELLS || cell as u64 + need as u64 > self.params.max_cells as u64 || need > f.ncells {
             return Err(Error::Internal(format!("series cell {cell} is out of bounds: the region is corrupt")));
         }
@@ -619,6 +615,11 @@ impl Region {
 
     fn build_series(&self, f: &Family, fam: u32, hash: u32, values: &[&[u8]]) -> Result<u32, Error> {
         let h = self.header();
+        // Callers write the cells of the kind from the returned cell on: a record
+        // with fewer `ncells` (a corrupt file) would hand out a range they overrun.
+        if kind_cells(f) > f.ncells {
+            return Err(Error::Internal(format!("family {fam} has {} cells per series: the region is corrupt", f.ncells)));
+        }
         // Check every capacity before taking anything: a refused series then
         // uses up nothing (a race between two creators near the limit can
         // still leave a few unused cells or bytes behind).
@@ -758,6 +759,17 @@ fn exposed_names(name: &[u8], kind: u32) -> Vec<Vec<u8>> {
     }
     v.dedup();
     v
+}
+
+/// Cells a series of `f` uses from its first cell on, by kind: what writers
+/// (Lua) and the exposition access. A record's own `ncells` says the same
+/// unless the file is corrupt.
+pub(crate) fn kind_cells(f: &Family) -> u32 {
+    match f.kind {
+        KIND_COUNTER => 1,
+        KIND_GAUGE => GAUGE_CELLS,
+        _ => f.nbounds.min(MAX_BUCKETS as u32) + 2,
+    }
 }
 
 /// Whether an entry reached through an index may be used, promoting it to
