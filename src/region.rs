@@ -41,6 +41,8 @@ pub struct Region {
     pub(crate) my_slot: AtomicU64,
     /// This process's rendered label blocks, by series id (see `render`).
     pub(crate) label_cache: Mutex<Vec<Option<Box<[u8]>>>>,
+    /// This process's live series by family (see `render::Scan`).
+    pub(crate) scan: Mutex<crate::render::Scan>,
 }
 
 // SAFETY: a `Region` is a pointer into a `MAP_SHARED` mapping that stays mapped for
@@ -349,6 +351,7 @@ impl Region {
             off,
             my_slot: AtomicU64::new(0),
             label_cache: Mutex::new(Vec::new()),
+            scan: Mutex::new(crate::render::Scan::default()),
         }
     }
 

@@ -92,49 +92,24 @@ impl Render {
 
     pub fn with_filter(region: &'static Region, fmt: Format, filter: Filter) -> Render {
         let h = region.header();
-        // Acquire: every id below these counts was allocated before; its state
-        // (loaded with Acquire below) tells whether it is complete.
+        // Acquire: every family id below this count was allocated before.
         let nfam = h.families_used.load(Ordering::Acquire).min(region.params.max_families);
-        let nser = h.series_used.load(Ordering::Acquire).min(region.params.max_series);
-        let mut count = vec![0usize; nfam as usize + 1];
-        let wanted: Vec<bool> = (0..nfam)
-            .map(|fam| {
-                let f = region.family(fam);
-                filter.wants(region.arena(f.name_off, f.name_len).unwrap_or(b""), f.kind)
-            })
-            .collect();
-        let mut live = Vec::with_capacity(nser as usize);
-        for id in 0..nser {
-            let s = region.series(id);
-            if s.state.load(Ordering::Acquire) == STATE_LIVE && s.family < nfam && wanted[s.family as usize] {
-                let f = region.family(s.family);
-                // The cells read are those of the kind; `ncells` comes from the file.
-                let need = store::kind_cells(f).max(f.ncells);
-                let ok = f.state.load(Ordering::Acquire) == STATE_LIVE
-                    && s.cell as u64 + need as u64 <= region.params.max_cells as u64;
-                if ok {
-                    count[s.family as usize] += 1;
-                    live.push(id);
-                }
-            }
-        }
-        // Counting sort by family: O(series), keeps creation order within a family.
-        let mut start = vec![0usize; nfam as usize + 1];
+        let mut scan = region.scan.lock().unwrap_or_else(|e| e.into_inner());
+        scan.update(region);
+        // Only the ids are copied here (a memcpy per family): the series table
+        // itself was read once, when each series was new.
         let mut groups = Vec::new();
-        let mut acc = 0;
-        for fam in 0..nfam as usize {
-            start[fam] = acc;
-            if count[fam] > 0 {
-                groups.push((fam as u32, acc, acc + count[fam]));
+        let mut order = Vec::with_capacity(scan.listed);
+        for fam in 0..nfam.min(scan.by_family.len() as u32) {
+            let list = &scan.by_family[fam as usize];
+            let f = region.family(fam);
+            if list.is_empty() || !filter.wants(region.arena(f.name_off, f.name_len).unwrap_or(b""), f.kind) {
+                continue;
             }
-            acc += count[fam];
+            groups.push((fam, order.len(), order.len() + list.len()));
+            order.extend_from_slice(list);
         }
-        let mut order = vec![0u32; acc];
-        for id in live {
-            let fam = region.series(id).family as usize;
-            order[start[fam]] = id;
-            start[fam] += 1;
-        }
+        drop(scan);
         let slots = (1..region.params.max_slots)
             .filter(|&i| region.slot(i).owner.load(Ordering::Acquire) != 0)
             .collect();
@@ -243,6 +218,10 @@ impl Render {
             progressed = true;
             let s = r.series(self.order[self.pos]);
             self.pos += 1;
+            // Deleted since it was listed: gone from this scrape too.
+            if s.state.load(Ordering::Acquire) != STATE_LIVE {
+                continue;
+            }
             values.clear();
             if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values) || values.len() != label_names.len() {
                 continue;
@@ -339,6 +318,10 @@ impl Render {
             let id = self.order[self.pos];
             let s = r.series(id);
             self.pos += 1;
+            // Deleted since it was listed: gone from this scrape too.
+            if s.state.load(Ordering::Acquire) != STATE_LIVE {
+                continue;
+            }
             // Series are immutable once live and ids are never reused, so a
             // label block rendered once serves every later scrape.
             let block = match cache.get(id as usize) {
@@ -523,6 +506,70 @@ impl Render {
             &[("state", "live", live as f64), ("state", "dead", dead as f64), ("state", "free", free as f64)],
         );
         expo::write_body_end(out, fmt);
+    }
+}
+
+/// This process's list of live series by family, kept across scrapes so that
+/// starting one reads only the series created since the last: the series
+/// table is append-only, so ids below `upto` never need reading again.
+#[derive(Default)]
+pub(crate) struct Scan {
+    /// Series ids below this have been looked at.
+    upto: u32,
+    /// Ids that were still being written when looked at.
+    pending: Vec<u32>,
+    /// Live series ids by family id, in the order they were found.
+    by_family: Vec<Vec<u32>>,
+    /// Each family's deletion generation when its list was last pruned.
+    gens: Vec<u32>,
+    /// Ids in all lists.
+    listed: usize,
+}
+
+impl Scan {
+    /// Brings the lists up to date with the region.
+    fn update(&mut self, region: &Region) {
+        let h = region.header();
+        let nfam = h.families_used.load(Ordering::Acquire).min(region.params.max_families);
+        // Acquire: every id below this count was allocated before; its state
+        // (Acquire below) tells whether it is complete.
+        let nser = h.series_used.load(Ordering::Acquire).min(region.params.max_series);
+        if self.by_family.len() < nfam as usize {
+            self.by_family.resize_with(nfam as usize, Vec::new);
+            self.gens.resize(nfam as usize, 0);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for id in pending.into_iter().chain(self.upto..nser) {
+            let s = region.series(id);
+            match s.state.load(Ordering::Acquire) {
+                STATE_WRITING => self.pending.push(id),
+                STATE_LIVE if s.family < nfam => {
+                    let f = region.family(s.family);
+                    // The cells read are those of the kind; `ncells` comes from the file.
+                    let need = store::kind_cells(f).max(f.ncells);
+                    if f.state.load(Ordering::Acquire) == STATE_LIVE
+                        && s.cell as u64 + need as u64 <= region.params.max_cells as u64
+                    {
+                        self.by_family[s.family as usize].push(id);
+                        self.listed += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.upto = self.upto.max(nser);
+        // A family whose generation moved had series deleted: prune its list
+        // (only then, so a scrape does not reread every series).
+        for fam in 0..nfam as usize {
+            let gen = region.family(fam as u32).gen.load(Ordering::Acquire);
+            if gen != self.gens[fam] {
+                self.gens[fam] = gen;
+                let list = &mut self.by_family[fam];
+                let before = list.len();
+                list.retain(|&id| region.series(id).state.load(Ordering::Acquire) == STATE_LIVE);
+                self.listed -= before - list.len();
+            }
+        }
     }
 }
 
