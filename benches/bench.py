@@ -415,6 +415,9 @@ OPS_ROWS = [
     ("gauge_set_3", "`gauge:set(v, lv)`, 3 labels", 8),
     ("gauge_inc_3", "`gauge:inc(1, lv)`, 3 labels", None),
     ("histogram_observe_3", "`histogram:observe(v, lv)`, 3 labels, 15 buckets", 8),
+    ("child_inc_3", "child `c:labels(lv)`: `child:inc(1)`, 3 labels, 4 children rotated", None),
+    ("child_set_3", "child `g:labels(lv)`: `child:set(v)`, 3 labels", None),
+    ("child_observe_3", "child `h:labels(lv)`: `child:observe(v)`, 3 labels, 15 buckets", None),
     ("gateway_set", "the gateway set (6 updates, label tables built per call)", None),
     ("gateway_set_shdict", "the gateway set as `DICT:incr` on keys built per call (8 incr)", None),
     ("raw_store_const", "info: raw store, one constant cell", None),
@@ -480,6 +483,7 @@ def ops_table(res):
 CG_OPS = [("empty_loop", None), ("raw_store", None), ("counter_inc_0", None),
           ("counter_inc_1", None), ("counter_inc_3", 4), ("counter_new_series", None),
           ("gauge_set_3", 8), ("gauge_inc_3", None), ("histogram_observe_3", 8),
+          ("child_inc_3", None), ("child_set_3", None), ("child_observe_3", None),
           ("gateway_set", None), ("raw_store_const", None), ("counter_inc_3_const", None)]
 
 
