@@ -28,9 +28,22 @@ else
     lua_line="lua tests: tests/lua/run.lua not present, skipped"
 fi
 
+# Each fuzz target briefly (the long runs are `make fuzz`). SHMETRICS_SKIP_FUZZ=1 skips it.
+fuzz_rc=0
+if [ "${SHMETRICS_SKIP_FUZZ:-0}" != 1 ]; then
+    echo
+    echo "== scripts/fuzz.sh ${FUZZ_SECONDS:-15}"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-15}" 2>&1 | tee -a "$log"
+    fuzz_rc=${PIPESTATUS[0]}
+    fuzz_line="fuzz (scripts/fuzz.sh): $([ $fuzz_rc -eq 0 ] && echo ok || echo "FAILED (exit $fuzz_rc)")"
+else
+    fuzz_line="fuzz: skipped (SHMETRICS_SKIP_FUZZ=1)"
+fi
+
 echo
 echo "== make test summary ($(( $(date +%s) - start )) s)"
 echo "$lua_line"
+echo "$fuzz_line"
 echo "cargo test --release: $([ $cargo_rc -eq 0 ] && echo ok || echo "FAILED (exit $cargo_rc)")"
 # Pair each `Running <target>` / `Doc-tests <crate>` header with its result line.
 awk '/^ *Running /{t=$0; sub(/^ *Running /, "", t); sub(/ \(.*$/, "", t)}
@@ -46,6 +59,8 @@ awk '/^test result:/ {
          }
      }
      /^lua: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+     /^fuzz: [a-z]+ +ok: / { p += 1 }
+     /^fuzz: [a-z]+ +FAILED/ { f += 1 }
      END { printf "shmetrics: %d passed, %d failed\n", p, f }' "$log"
 
-[ $cargo_rc -eq 0 ] && [ $lua_rc -eq 0 ]
+[ $cargo_rc -eq 0 ] && [ $lua_rc -eq 0 ] && [ $fuzz_rc -eq 0 ]

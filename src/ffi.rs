@@ -294,7 +294,9 @@ pub unsafe extern "C" fn shmetrics_family_bounds(r: *const shmetrics_region, fam
         // SAFETY: caller contract.
         let Ok(r) = (unsafe { region(r) }) else { return std::ptr::null() };
         match r.live_family(fam) {
-            Ok(f) if f.kind == KIND_HISTOGRAM => r.fam_bounds(f).as_ptr(),
+            // Not `as_ptr()` of an empty slice (a corrupt record's bounds): that
+            // is a dangling non-NULL pointer.
+            Ok(f) if f.kind == KIND_HISTOGRAM && !r.fam_bounds(f).is_empty() => r.fam_bounds(f).as_ptr(),
             _ => std::ptr::null(),
         }
     })

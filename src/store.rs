@@ -542,6 +542,14 @@ impl Region {
             n => n,
         };
         if bump_u32(&f.series_count, 1, limit).is_none() {
+            if values.is_empty() {
+                // Without labels this is the family's only series and there is
+                // no overflow series besides it (asking for one would land here
+                // again, recursing until the stack overflows). A full count
+                // without the series is stale (its creator died after taking
+                // the place) or racing (it is publishing it now).
+                return self.insert_series(f, fam, hash, values, pos).map(|(cell, _)| cell);
+            }
             let overflow = vec![OVERFLOW_VALUE; values.len()];
             let cell = self.series_cell_checked(f, fam, &overflow)?;
             f.overflowed.fetch_add(1, Ordering::Relaxed);
