@@ -47,7 +47,7 @@ NGINX = "/usr/sbin/nginx"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 OUT = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "BENCHMARKS.md")
 
-SECTIONS = ["ops", "callgrind", "request", "scrape", "memory"]
+SECTIONS = ["ops", "callgrind", "request", "gateway", "scrape", "memory"]
 
 # Run counts and durations (full / quick).
 ROUNDS = 5 if QUICK else 9                 # per-op rounds in nginx
@@ -345,9 +345,10 @@ def median(xs):
     return statistics.median(xs)
 
 
-def wrk(url, seconds, conns=WRK_CONNS, latency=False):
+def wrk(url, seconds, conns=WRK_CONNS, latency=False, script=None):
     """Runs wrk; returns dict(requests, seconds, rps, p50_ms, p99_ms, max_ms, errors)."""
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s"] + (["--latency"] if latency else []) + [url]
+    cmd = (["wrk", "-t1", f"-c{conns}", f"-d{seconds}s"] + (["--latency"] if latency else [])
+           + (["-s", script] if script else []) + [url])
     out = run(cmd, timeout=seconds + 60).stdout
     r = {"cmd": cmd}
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
@@ -637,6 +638,69 @@ def request_table(res):
         add_e = "" if row["v"] in ("none", "empty") else f"{fmt(row['added_empty'], 0)} ns"
         L.append(f"| {row['label']} | {fmt(row['ns'], 0)} | {fmt(row['lo'], 0)}–{fmt(row['hi'], 0)} | "
                  f"{fmt(row['ticks_ns'], 0)} | {add} | {add_e} | {fmt(row['rps'], 0)} |")
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------
+# 2b. The gateway module per request (nginx-test-conf/gateway_bench.conf)
+
+GW_VARIANTS = [("plain", "proxy only (**baseline**)"),
+               ("lua", "proxy + empty `access`/`body_filter`/`log` Lua handlers"),
+               ("gw", "proxy + `resty.shmetrics.gateway` (`gw:access()`, `gw:body_filter()`, `gw:log()`)")]
+GW_BODY = '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello to the benchmark, please."}]}'
+
+
+def bench_gateway():
+    mock_port = free_port()
+    n = Nginx("gateway_bench", MOCK_PORT=mock_port)
+    scripts = {}
+    try:
+        for kind, extra in (("json", ""), ("sse", 'wrk.headers["X-Bench-Stream"] = "1"\n')):
+            path = os.path.join(n.prefix, f"post-{kind}.lua")
+            with open(path, "w") as f:
+                f.write('wrk.method = "POST"\n'
+                        f"wrk.body = '{GW_BODY}'\n"
+                        'wrk.headers["Content-Type"] = "application/json"\n'
+                        'wrk.headers["X-Namespace"] = "wechat"\n' + extra)
+            scripts[kind] = path
+        cases = [(v, k) for k in ("json", "sse") for v, _ in GW_VARIANTS]
+        url = lambda v: f"http://127.0.0.1:{n.port}/{v}/v1/chat/completions"
+        for v, k in cases:                   # warm-up
+            wrk(url(v), 1, script=scripts[k])
+        per = {c: [] for c in cases}
+        rounds = 5 if QUICK else 11
+        for r in range(rounds):
+            order = cases[r % len(cases):] + cases[:r % len(cases)]
+            for v, k in order:
+                c0 = cpu_ns(n.worker)
+                w = wrk(url(v), REQ_SECONDS, script=scripts[k])
+                c1 = cpu_ns(n.worker)
+                if w["errors"]:
+                    raise RuntimeError(f"wrk saw errors on /{v} ({k})")
+                per[(v, k)].append((c1 - c0) / w["requests"])
+        bad, _ = n.log_problems()
+        if bad:
+            raise RuntimeError("errors in nginx error.log:\n" + "\n".join(bad[:10]))
+        res = {"rows": [], "rounds": rounds}
+        for k in ("json", "sse"):
+            for v, label in GW_VARIANTS:
+                xs = per[(v, k)]
+                added = [x - b for x, b in zip(xs, per[("plain", k)])]
+                res["rows"].append(dict(v=v, kind=k, label=label, ns=median(xs), lo=min(xs), hi=max(xs),
+                                        added=median(added),
+                                        added_pct=median([a / b * 100 for a, b in zip(added, per[("plain", k)])])))
+        return res
+    finally:
+        n.stop()
+
+
+def gateway_table(res):
+    L = ["| answer | location | worker CPU ns/request (median) | min–max | added vs proxy only |",
+         "|---|---|---:|---:|---:|"]
+    for row in res["rows"]:
+        add = "" if row["v"] == "plain" else f"{fmt(row['added'], 0)} ns ({row['added_pct']:+.1f} %)"
+        kind = "JSON" if row["kind"] == "json" else "SSE, 10 events"
+        L.append(f"| {kind} | {row['label']} | {fmt(row['ns'], 0)} | {fmt(row['lo'], 0)}–{fmt(row['hi'], 0)} | {add} |")
     return "\n".join(L)
 
 
@@ -1030,6 +1094,17 @@ def write_report(info, res, sections, elapsed):
               f"{env}scripts/bench.sh request",
               "# nginx -c nginx-test-conf/bench_req.conf (rendered), then per round and variant:",
               "cat /proc/$WORKER/schedstat; " + r["wrk_cmd"] + "; cat /proc/$WORKER/schedstat",
+              "```", ""]
+    if "gateway" in res:
+        L += ["## 2b. The LLM gateway module per request", "",
+              "`nginx-test-conf/gateway_bench.conf`, one worker: the same `POST /v1/chat/completions` proxied"
+              " to an upstream served by the same nginx (a canned JSON answer, or 10 SSE events with usage),"
+              " through three locations. The worker's CPU time per request (schedstat) under wrk, the"
+              f" variants alternating, {res['gateway']['rounds']} rounds; added costs are medians of per-round"
+              " differences. The upstream's work is in every variant, so the differences are the module's.", "",
+              gateway_table(res["gateway"]), "",
+              "Command:", "", "```sh", "scripts/bench.sh gateway",
+              "# per variant: wrk -t1 -c8 -d1s -s post.lua 'http://127.0.0.1:$PORT/{plain,lua,gw}/v1/chat/completions'",
               "```", ""]
     if "scrape" in res:
         r = res["scrape"]
