@@ -316,15 +316,8 @@ pub unsafe extern "C" fn shmetrics_series(
     lens: *const usize,
     n: u32,
 ) -> i32 {
-    guard(SHMETRICS_E_INTERNAL, || {
-        let run = || -> Result<i32, Error> {
-            // SAFETY: caller contract.
-            let r = unsafe { region(r) }?;
-            let values = unsafe { byte_list(values, lens, n, "label values") }?;
-            Ok(r.series_cell(fam, &values)? as i32)
-        };
-        run().unwrap_or_else(|e| fail(&e))
-    })
+    // SAFETY: caller contract, passed on.
+    unsafe { with_series(r, values, lens, n, |r, v| Ok(r.series_cell(fam, v)? as i32)) }
 }
 
 /// Deletes series `fam{values}`: 1 if it existed, 0 if not.
@@ -339,12 +332,27 @@ pub unsafe extern "C" fn shmetrics_delete(
     lens: *const usize,
     n: u32,
 ) -> i32 {
+    // SAFETY: caller contract, passed on.
+    unsafe { with_series(r, values, lens, n, |r, v| Ok(r.delete_series(fam, v)? as i32)) }
+}
+
+/// Runs `op` on a region and a list of label values, inside the panic guard.
+///
+/// # Safety
+/// `r` NULL or a region handle; `values`/`lens` hold `n` valid pointer/length pairs.
+unsafe fn with_series(
+    r: *const shmetrics_region,
+    values: *const *const c_char,
+    lens: *const usize,
+    n: u32,
+    op: impl FnOnce(&Region, &[&[u8]]) -> Result<i32, Error>,
+) -> i32 {
     guard(SHMETRICS_E_INTERNAL, || {
         let run = || -> Result<i32, Error> {
             // SAFETY: caller contract.
             let r = unsafe { region(r) }?;
             let values = unsafe { byte_list(values, lens, n, "label values") }?;
-            Ok(r.delete_series(fam, &values)? as i32)
+            op(r, &values)
         };
         run().unwrap_or_else(|e| fail(&e))
     })

@@ -935,27 +935,8 @@ local function scrape_names()
     return names
 end
 
---- prometheus:collect_json()   (content_by_lua: serves the JSON view)
--- `?name[]=a&name[]=b` limits it to those families.
-function Registry:collect_json()
-    local names = scrape_names()
-    if names == false then
-        return ngx.exit(ngx.HTTP_BAD_REQUEST)
-    end
-    ngx.header.content_type = CONTENT_TYPE[FORMAT_JSON]
-    local ok, err = render(self, FORMAT_JSON, names, ngx.print,
-                           YIELDABLE[ngx.get_phase()] and pause or nil)
-    if not ok then
-        log(ngx.ERR, "shmetrics: rendering failed: ", err)
-        return ngx.exit(ngx.HTTP_INTERNAL_SERVER_ERROR)
-    end
-end
-
---- prometheus:collect()   (content_by_lua: serves the exposition)
--- The format follows the Accept header; `?name[]=a&name[]=b` limits the
--- scrape to those families.
-function Registry:collect()
-    local format = negotiate(ngx.var.http_accept)
+-- Serves the registry in `format` for the scrape's ?name[]= filter.
+local function serve(self, format)
     local names = scrape_names()
     if names == false then
         return ngx.exit(ngx.HTTP_BAD_REQUEST)
@@ -967,6 +948,19 @@ function Registry:collect()
         log(ngx.ERR, "shmetrics: rendering failed: ", err)
         return ngx.exit(ngx.HTTP_INTERNAL_SERVER_ERROR)
     end
+end
+
+--- prometheus:collect()   (content_by_lua: serves the exposition)
+-- The format follows the Accept header; `?name[]=a&name[]=b` limits the
+-- scrape to those families.
+function Registry:collect()
+    return serve(self, negotiate(ngx.var.http_accept))
+end
+
+--- prometheus:collect_json()   (content_by_lua: serves the JSON view)
+-- `?name[]=a&name[]=b` limits it to those families.
+function Registry:collect_json()
+    return serve(self, FORMAT_JSON)
 end
 
 local OPTIONS = {
