@@ -11,6 +11,8 @@
 #   FUZZ_SANITIZER   none (default: works on stable Rust) or address
 #                    (AddressSanitizer; on a stable toolchain this sets
 #                    RUSTC_BOOTSTRAP=1, which -Zsanitizer needs)
+#   FUZZ_CARGO_FUZZ_VERSION  the cargo-fuzz to install if missing (default 0.13.2,
+#                    pinned so that a new release cannot need a newer Rust)
 #   FUZZ_RUNS_PER_PROCESS  inputs per libFuzzer process (default 10000, at least
 #                    twice the corpus, which each process replays first). Every
 #                    input maps fresh regions, and the library keeps each path it
@@ -62,7 +64,7 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz"
     t=$(date +%s)
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --locked --version "${FUZZ_CARGO_FUZZ_VERSION:-0.13.2}"
     echo "fuzz: cargo-fuzz installed in $(($(date +%s) - t)) s"
 fi
 

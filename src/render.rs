@@ -103,7 +103,12 @@ impl Render {
         for fam in 0..nfam.min(scan.by_family.len() as u32) {
             let list = &scan.by_family[fam as usize];
             let f = region.family(fam);
-            if list.is_empty() || !filter.wants(region.arena(f.name_off, f.name_len).unwrap_or(b""), f.kind) {
+            let name = region.arena(f.name_off, f.name_len).unwrap_or(b"");
+            // Names were validated at definition; one that is not valid now comes
+            // from a corrupt file, and would make Prometheus drop the whole scrape.
+            let valid = expo::is_valid_metric_name(name)
+                && region.fam_labels(f).iter().all(|l| expo::is_valid_label_name(l));
+            if list.is_empty() || !valid || !filter.wants(name, f.kind) {
                 continue;
             }
             groups.push((fam, order.len(), order.len() + list.len()));

@@ -884,7 +884,8 @@ pub unsafe fn observe(cells: *mut f64, base: u32, bounds: &[f64], v: f64) {
     // The bucket is the number of bounds below v (bounds increase strictly):
     // counted without branches, so random values cost no mispredictions, and
     // LLVM compares four bounds per instruction.
-    let i = bounds.iter().filter(|&&b| b < v).count();
+    // NaN (refused by the Lua module; possible from C) goes to +Inf.
+    let i = if v.is_nan() { bounds.len() } else { bounds.iter().filter(|&&b| b < v).count() };
     let add = |idx: usize, d: f64| {
         // SAFETY: the caller passes its own slot and a series' base; the series
         // owns cells base..base+nbounds+2 (allocated with ncells = nbounds + 2).

@@ -14,6 +14,9 @@
 //! The path stays in the library's process-wide list (a few hundred bytes per
 //! input); it is never opened again.
 #![allow(dead_code, clippy::too_many_arguments, clippy::type_complexity)]
+// Suggestions that need a newer Rust than the crate's rust-version (1.81).
+#![allow(unknown_lints, clippy::manual_is_multiple_of, clippy::unnecessary_map_or)]
+#![allow(clippy::nonminimal_bool, clippy::should_implement_trait)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::c_char;
@@ -1208,6 +1211,10 @@ struct SerM {
     cell: u32,
     ncells: u32,
     live: bool,
+    /// A histogram's observed values, in order, while its cells hold nothing
+    /// else (None once bytes were written into them directly, or a NaN, whose
+    /// bucket no contract says, was observed).
+    obs: Option<Vec<f64>>,
 }
 
 #[derive(Default)]
@@ -1799,14 +1806,55 @@ impl RenderRun {
                 for s in &self.model.series {
                     assert!(cell + ncells <= s.cell || s.cell + s.ncells <= cell, "{what}: cell {cell} overlaps series {:?} at {}", s.key, s.cell);
                 }
-                self.model.series.push(SerM { fam, key, cell, ncells, live: true });
+                let obs = (def.kind == KIND_HISTOGRAM).then(Vec::new);
+                self.model.series.push(SerM { fam, key: key.clone(), cell, ncells, live: true, obs });
             }
         }
+        let idx = self.model.series.iter().position(|s| s.live && s.fam == fam && s.key == key).unwrap();
         for _ in 0..inp.below(4) {
             let v = gen_f64(inp);
             let how = inp.u8();
-            // SAFETY: the cell range was checked against max_cells just above.
-            unsafe { lua_write(self.r, fam, &def, self.slot, cell, v, how, ffi) };
+            self.write(idx, v, how, ffi);
+        }
+    }
+
+    /// An update of series `idx` as Lua makes it, remembered for the check of
+    /// histogram buckets.
+    fn write(&mut self, idx: usize, v: f64, how: u8, ffi: bool) {
+        let s = &mut self.model.series[idx];
+        let def = &self.model.fams[&s.fam].def;
+        if def.kind == KIND_HISTOGRAM {
+            match &mut s.obs {
+                Some(_) if v.is_nan() => s.obs = None,
+                Some(o) => o.push(v),
+                None => {}
+            }
+        }
+        // SAFETY: the cell range was checked against max_cells when created.
+        unsafe { lua_write(self.r, s.fam, def, self.slot, s.cell, v, how, ffi) };
+    }
+
+    /// Every live histogram series whose cells only `observe` wrote holds, in
+    /// this process's slot, the count of its observations in each bucket (`v`
+    /// in `(bounds[k-1], bounds[k]]`, the last bucket above every bound) and
+    /// their sum, added in order.
+    fn check_observations(&self) {
+        for s in self.model.series.iter().filter(|s| s.live) {
+            let Some(obs) = &s.obs else { continue };
+            let bounds = self.model.fams[&s.fam].def.stored_bounds();
+            let mut counts = vec![0.0; bounds.len() + 1];
+            for v in obs {
+                counts[bounds.iter().position(|b| v <= b).unwrap_or(bounds.len())] += 1.0;
+            }
+            let sum = obs.iter().fold(0.0, |a, v| a + v);
+            let got: Vec<f64> = (0..=bounds.len() as u32 + 1).map(|i| cell_at(self.r, self.slot, s.cell + i)).collect();
+            let want: Vec<f64> = counts.iter().copied().chain([sum]).collect();
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| same_value(*g, *w)),
+                "histogram {}{:?} with bounds {bounds:?}: observed {obs:?}, the cells hold {got:?}, expected {want:?}",
+                lossy(&self.model.fams[&s.fam].def.name),
+                s.key
+            );
         }
     }
 
@@ -1903,6 +1951,7 @@ impl RenderRun {
         } else {
             None
         };
+        self.check_observations();
         let body = render(self.r, fmt, filter.as_deref(), ffi, &mut Hints::new(inp.u32())).unwrap_or_else(|e| panic!("render {fmt:?}: {e}"));
         if let Err(e) = check_body(self.r, &self.model, fmt, filter.as_deref(), &body) {
             panic!("render {fmt:?} (filter {filter:?}): {e}\n--- body ---\n{}", lossy(&body));
@@ -1957,7 +2006,9 @@ pub fn render_target(data: &[u8]) {
                 if run.model.series.is_empty() {
                     continue;
                 }
-                let s = &run.model.series[inp.below(run.model.series.len())];
+                let n = inp.below(run.model.series.len());
+                let s = &mut run.model.series[n];
+                s.obs = None;
                 let slot = inp.below(p.max_slots as usize) as u32;
                 let i = s.cell + inp.below(s.ncells as usize) as u32;
                 let v = gen_f64(&mut inp);
@@ -1998,16 +2049,14 @@ pub fn render_target(data: &[u8]) {
                 if live.is_empty() {
                     continue;
                 }
-                let s = &run.model.series[live[inp.below(live.len())]];
-                let (fam, cell) = (s.fam, s.cell);
-                let def = run.model.fams[&fam].def.clone();
+                let idx = live[inp.below(live.len())];
                 let (v, how) = (gen_f64(&mut inp), inp.u8());
-                // SAFETY: checked when the series was created.
-                unsafe { lua_write(r, fam, &def, slot, cell, v, how, ffi) };
+                run.write(idx, v, how, ffi);
             }
             _ => run.check_family_pointers(&mut inp),
         }
     }
+    run.check_observations();
     // Every format through both APIs, with different chunk hints: the same bytes.
     for fmt in [Fmt::Text, Fmt::OpenMetrics, Fmt::Json] {
         let seed = inp.u32();
