@@ -699,6 +699,13 @@ fn observe_uses_le_semantics_and_adds_to_the_sum() {
             "lat_count{p=\"/x\"} 9",
         ]
     );
+    // NaN (the Lua module refuses it; a C caller may not) counts in +Inf.
+    let nan_series = series(r, fam, &[b"/nan"]);
+    // SAFETY: own slot's cells, a histogram series' base, its bounds.
+    unsafe { shmetrics_observe(cells, nan_series as u32, bounds, 3, f64::NAN) };
+    // SAFETY: the series owns cells base..base+5 of this slot.
+    let buckets: Vec<f64> = (0..4).map(|i| unsafe { *cells.add(nan_series as usize + i) }).collect();
+    assert_eq!(buckets, vec![0.0, 0.0, 0.0, 1.0]);
 }
 
 #[test]
