@@ -750,7 +750,7 @@ impl Region {
 }
 
 /// Every name a family takes in either exposition format.
-fn exposed_names(name: &[u8], kind: u32) -> Vec<Vec<u8>> {
+pub fn exposed_names(name: &[u8], kind: u32) -> Vec<Vec<u8>> {
     let mut v = vec![name.to_vec()];
     match kind {
         KIND_COUNTER => {

@@ -30,7 +30,7 @@ use shmetrics::ffi::*;
 use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
 use shmetrics::render::{Filter, Render};
-use shmetrics::store::{self, FamilyDef};
+use shmetrics::store::{self, exposed_names, FamilyDef};
 
 // ===========================================================================
 // Input decoding
@@ -1162,24 +1162,6 @@ pub fn def_is_valid(d: &Def) -> bool {
         }
 }
 
-/// Every name a family's samples or families take in either format.
-fn exposed_names(name: &[u8], kind: u32) -> Vec<Vec<u8>> {
-    let mut v = vec![name.to_vec()];
-    match kind {
-        KIND_COUNTER => {
-            let base = name.strip_suffix(b"_total").unwrap_or(name);
-            v.push(base.to_vec());
-            v.push([base, b"_total"].concat());
-        }
-        KIND_HISTOGRAM => {
-            for s in [&b"_bucket"[..], b"_count", b"_sum"] {
-                v.push([name, s].concat());
-            }
-        }
-        _ => {}
-    }
-    v
-}
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
