@@ -1201,13 +1201,19 @@ local function access(self)
     st.model = self.model_labels[st.req_model] or OTHER
 end
 
---- gw:access()     (rewrite_by_lua*, access_by_lua*)
-function Gateway:access()
-    local ok, err = pcall(access, self)
-    if not ok then
-        internal(self, err)
+-- A phase handler that never raises: an error in the module is counted
+-- (reason "internal") and logged, and the response goes on untouched.
+local function guarded(handler)
+    return function(self)
+        local ok, err = pcall(handler, self)
+        if not ok then
+            internal(self, err)
+        end
     end
 end
+
+--- gw:access()     (rewrite_by_lua*, access_by_lua*)
+Gateway.access = guarded(access)
 
 local function start_mode(st)
     if st.model == nil then
@@ -1259,12 +1265,7 @@ local function body_filter(self)
 end
 
 --- gw:body_filter()     (body_filter_by_lua*)
-function Gateway:body_filter()
-    local ok, err = pcall(body_filter, self)
-    if not ok then
-        internal(self, err)
-    end
-end
+Gateway.body_filter = guarded(body_filter)
 
 local function upstream_label(self)
     if self.upstream then
@@ -1376,12 +1377,7 @@ local function log(self)
 end
 
 --- gw:log()     (log_by_lua*)
-function Gateway:log()
-    local ok, err = pcall(log, self)
-    if not ok then
-        internal(self, err)
-    end
-end
+Gateway.log = guarded(log)
 
 --- gw:namespace() -> the namespace label of the current request
 function Gateway:namespace()
