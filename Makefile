@@ -62,7 +62,7 @@ uninstall:
 # Binary-only and unsigned; cargo comes from rustup, not from Build-Depends (debian/README.source).
 deb:
 	mkdir -p $(DEB_OUT)
-	DEB_OUT=$(abspath $(DEB_OUT)) dpkg-buildpackage -b -us -uc \
+	DEB_OUT=$(abspath $(DEB_OUT)) dpkg-buildpackage -b -us -uc -tc \
 	    --buildinfo-file=$(DEB_OUT)/lua-resty-shmetrics.buildinfo \
 	    --changes-file=$(DEB_OUT)/lua-resty-shmetrics.changes \
 	    --buildinfo-option=-u$(DEB_OUT) --changes-option=-u$(DEB_OUT)
