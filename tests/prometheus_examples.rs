@@ -172,6 +172,24 @@ fn dashboard_tables_merge_queries_and_spend_is_money() {
     assert!(spend_columns > 0, "no table shows spend");
 }
 
+/// The README's "Try it" runs Prometheus on these files against `make demo`: the one
+/// target is the demo's metrics server (scripts/demo.sh's default port).
+#[test]
+fn targets_scrape_make_demo() {
+    let text = std::fs::read_to_string(examples_dir().join("targets/gateways.json")).unwrap();
+    let groups = Json::parse(&text).unwrap();
+    let targets: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g.get("targets").and_then(Json::as_array).unwrap())
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["127.0.0.1:9145"]);
+    let demo = std::fs::read_to_string(examples_dir().join("../../scripts/demo.sh")).unwrap();
+    assert!(demo.contains("metrics_port=${DEMO_METRICS_PORT:-9145}"), "make demo's metrics port is no longer 9145");
+}
+
 #[test]
 fn json_parser_is_strict() {
     let j = Json::parse(r#"{"a":[1,-2.5e3,"x\n\u00e9\ud83d\ude00"],"b":{"c":null,"d":true}}"#).unwrap();
