@@ -120,6 +120,76 @@ fn dashboard_is_well_formed() {
     }
 }
 
+/// A table panel with several queries shows them as one table only through a merge
+/// transformation (Grafana otherwise shows one query's frame at a time), and a column
+/// of spend (a `*_usd*` series) carries a currency unit.
+#[test]
+fn dashboard_tables_merge_queries_and_spend_is_money() {
+    let doc = dashboard();
+    let mut spend_columns = 0;
+    for p in dashboard_panels(&doc) {
+        if p.get("type").and_then(Json::as_str) != Some("table") {
+            continue;
+        }
+        let title = p.get("title").and_then(Json::as_str).unwrap();
+        let targets = p.get("targets").and_then(Json::as_array).unwrap_or(&[]);
+        let transforms = p.get("transformations").and_then(Json::as_array).unwrap_or(&[]);
+        let ids: Vec<&str> = transforms.iter().filter_map(|t| t.get("id").and_then(Json::as_str)).collect();
+        if targets.len() > 1 {
+            assert_eq!(ids.first(), Some(&"merge"), "{title}: {} queries need a merge transformation first: {ids:?}", targets.len());
+        }
+        let renamed = |column: &str| {
+            transforms
+                .iter()
+                .filter(|t| t.get("id").and_then(Json::as_str) == Some("organize"))
+                .find_map(|t| t.get("options")?.get("renameByName")?.get(column)?.as_str())
+                .unwrap_or(column)
+                .to_string()
+        };
+        let field_config = p.get("fieldConfig");
+        let default_unit = field_config.and_then(|f| f.get("defaults")?.get("unit")?.as_str());
+        let overrides = field_config.and_then(|f| f.get("overrides")?.as_array()).unwrap_or(&[]);
+        for t in targets {
+            if !t.get("expr").and_then(Json::as_str).unwrap().contains("_usd") {
+                continue;
+            }
+            spend_columns += 1;
+            let ref_id = t.get("refId").and_then(Json::as_str).unwrap();
+            let column = renamed(&if targets.len() > 1 { format!("Value #{ref_id}") } else { "Value".to_string() });
+            let unit = overrides
+                .iter()
+                .filter(|o| {
+                    let m = o.get("matcher");
+                    m.and_then(|m| m.get("id")?.as_str()) == Some("byName") && m.and_then(|m| m.get("options")?.as_str()) == Some(column.as_str())
+                })
+                .flat_map(|o| o.get("properties").and_then(Json::as_array).unwrap_or(&[]))
+                .find(|prop| prop.get("id").and_then(Json::as_str) == Some("unit"))
+                .and_then(|prop| prop.get("value")?.as_str())
+                .or(default_unit);
+            assert_eq!(unit, Some("currencyUSD"), "{title}: spend column {column:?} (query {ref_id})");
+        }
+    }
+    assert!(spend_columns > 0, "no table shows spend");
+}
+
+/// The README's "Try it" runs Prometheus on these files against `make demo`: the one
+/// target is the demo's metrics server (scripts/demo.sh's default port).
+#[test]
+fn targets_scrape_make_demo() {
+    let text = std::fs::read_to_string(examples_dir().join("targets/gateways.json")).unwrap();
+    let groups = Json::parse(&text).unwrap();
+    let targets: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g.get("targets").and_then(Json::as_array).unwrap())
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["127.0.0.1:9145"]);
+    let demo = std::fs::read_to_string(examples_dir().join("../../scripts/demo.sh")).unwrap();
+    assert!(demo.contains("metrics_port=${DEMO_METRICS_PORT:-9145}"), "make demo's metrics port is no longer 9145");
+}
+
 #[test]
 fn json_parser_is_strict() {
     let j = Json::parse(r#"{"a":[1,-2.5e3,"x\n\u00e9\ud83d\ude00"],"b":{"c":null,"d":true}}"#).unwrap();
