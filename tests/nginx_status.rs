@@ -132,6 +132,14 @@ impl Browser {
         let attached = b.call("Target.attachToTarget", json!({"targetId": target, "flatten": true}));
         b.session = Some(attached["sessionId"].as_str().expect("sessionId").to_string());
         b.call("Emulation.setDeviceMetricsOverride", json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}));
+        // Every Content-Security-Policy violation of every page, for `shown()`: a
+        // hostile value that tried to load or run something leaves one here.
+        b.call("Page.enable", json!({}));
+        b.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": "window.__violations = []; document.addEventListener('securitypolicyviolation', \
+                              (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"}),
+        );
         b
     }
 
@@ -178,7 +186,7 @@ impl Browser {
 
     /// Waits until the page has completed `n` polls.
     fn wait_polls(&mut self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(20 + 3 * n);
         loop {
             let got = self.eval("Number((document.body && document.body.dataset.polls) || 0)").as_u64().unwrap_or(0);
             if got >= n {
@@ -208,7 +216,7 @@ impl Browser {
                         banner: $('banner').hidden ? '' : $('banner').textContent, gateway: !$('gw').hidden,
                         scripts: document.scripts.length,
                         elements: document.querySelectorAll('img,iframe,object,embed,b,svg,link,base,form').length,
-                        pwned: typeof window.__pwned };
+                        pwned: typeof window.__pwned, violations: window.__violations };
              })())",
         );
         serde_json::from_str(v.as_str().expect("a JSON string")).unwrap()
@@ -568,6 +576,7 @@ fn gateway_figures_match_the_traffic() {
     assert!(fams.contains(&"model_cost_usd_total") && fams.contains(&"gateway_requests_total"), "{fams:?}");
     assert!(!two["series"].as_array().unwrap().is_empty(), "the first family's series are listed");
     assert_eq!(two["pwned"], "undefined");
+    assert_eq!(two["violations"], json!([]), "the page's own style and script pass its CSP");
     report!("status page, demo gateway: 2 polls, window {win:.3} s, checked in {:?}", started.elapsed());
     drop(b);
     nginx.assert_no_errors(&[]);
@@ -607,6 +616,7 @@ fn hostile_values_are_text() {
     b.wait_polls(2);
     let shown = b.shown();
     assert_eq!(shown["pwned"], "undefined", "a hostile value ran as script");
+    assert_eq!(shown["violations"], json!([]), "something tried to load or run");
     assert_eq!(shown["scripts"], 1, "only the page's own script");
     assert_eq!(shown["elements"], 0, "hostile values became elements");
     assert_eq!(shown["gateway"], false, "no gateway catalog in this registry");
@@ -754,7 +764,7 @@ fn demo_screenshot() {
     });
     let mut b = Browser::start(1400, 1500);
     b.navigate(&format!("http://127.0.0.1:{}/status?every=2", nginx.metrics_port));
-    b.wait_polls(16);
+    b.wait_polls(14);
     let png = b.screenshot();
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();

@@ -165,6 +165,7 @@ input{font:inherit;padding:2px 6px;border:1px solid var(--line);border-radius:6p
 @media (max-width:800px){.grid2{grid-template-columns:1fr}}
 th.t{text-align:left}
 td.w{text-align:left;white-space:normal;color:var(--mut)}
+#gw{display:grid;gap:14px}
 [hidden]{display:none!important}
 ]==]
 
@@ -429,15 +430,17 @@ local SCRIPT = [==[
     g.scale(dpr, dpr);
     g.clearRect(0, 0, w, h);
     if (pts.length < 2) return;
-    const t1 = pts[pts.length - 1].t, t0 = t1 - HISTORY_S;
+    // The span kept so far (up to HISTORY_S), left to right; 0 at the bottom.
+    const t1 = pts[pts.length - 1].t, t0 = Math.max(pts[0].t, t1 - HISTORY_S), span = t1 - t0 || 1;
     const max = Math.max(...pts.map((p) => p[key])) || 1;
     g.strokeStyle = "#2f6fde"; g.lineWidth = 1.5; g.beginPath();
     pts.forEach((p, i) => {
-      const x = (p.t - t0) / HISTORY_S * (w - 2) + 1, y = h - 2 - p[key] / max * (h - 6);
+      const x = (p.t - t0) / span * (w - 2) + 1, y = h - 2 - p[key] / max * (h - 14);
       i ? g.lineTo(x, y) : g.moveTo(x, y);
     });
     g.stroke();
-    g.fillStyle = "#667085"; g.font = "10px system-ui,sans-serif"; g.fillText("max " + fmtv(max), 2, 10);
+    g.fillStyle = "#667085"; g.font = "10px system-ui,sans-serif";
+    g.fillText("max " + fmtv(max) + ", last " + Math.round(span) + " s", 2, 10);
   }
 
   function render(doc) {
