@@ -641,14 +641,16 @@ fn hostile_values_are_text() {
     nginx.assert_no_errors(&[]);
 }
 
-/// At 100k series, one poll sends family headers and counts only, or one page of
-/// at most 100 series: kilobytes, against megabytes for the whole JSON view.
+/// At 100k series, one poll sends family headers and counts, the gateway catalog's
+/// families up to 1000 series each, and one page of at most 100 series: a bounded
+/// body, against megabytes for the whole JSON view.
 #[test]
 fn a_poll_is_bounded_at_100k_series() {
     const N: usize = 100_000;
+    const CATALOG: usize = 2000;
     let nginx = Nginx::start("status", &[("WORKERS", "1")]);
     let t = Instant::now();
-    let r = request(nginx.port, "GET", &format!("/fill?n={N}"), &[], "");
+    let r = request(nginx.port, "GET", &format!("/fill?n={N}&catalog={CATALOG}"), &[], "");
     assert_eq!(String::from_utf8_lossy(&r.body).trim(), "ok");
     let fill = t.elapsed();
     let port = nginx.metrics_port;
@@ -664,7 +666,13 @@ fn a_poll_is_bounded_at_100k_series() {
     assert_eq!((fam["name"].as_str(), fam["series_count"].as_u64()), (Some("big_total"), Some(N as u64)));
     assert_eq!(fam["series"], json!([]));
     assert_eq!(summary["page"], Value::Null);
-    assert_eq!(summary["self"]["shmetrics_series_used"], json!(N + 1));
+    assert_eq!(summary["self"]["shmetrics_series_used"], json!(N + 1 + 2 * CATALOG));
+    let catalog = summary["catalog"]["families"].as_array().unwrap();
+    assert_eq!(catalog.len(), 2);
+    for f in catalog {
+        assert_eq!((f["series"].as_array().unwrap().len(), f["series_count"].as_u64()), (1000, Some(CATALOG as u64)), "{}", f["name"]);
+    }
+    let catalog_bytes = serde_json::to_vec(&summary["catalog"]).unwrap().len();
     assert_eq!(summary["self"]["shmetrics_series_capacity"], 110000);
 
     let (page, page_bytes, page_time) = get("&family=big_total&limit=100&offset=500");
@@ -686,12 +694,15 @@ fn a_poll_is_bounded_at_100k_series() {
     assert_eq!(whole.status, 200);
     // The bound: family headers and counts, the catalog (none here), the
     // self-metrics, and at most 100 series of one family.
-    assert!(summary_bytes < 4096, "summary poll {summary_bytes} bytes");
-    assert!(page_bytes < 16384 && found_bytes < 16384, "page polls {page_bytes} / {found_bytes} bytes");
+    assert!(summary_bytes - catalog_bytes < 4096, "summary poll {summary_bytes} bytes, {catalog_bytes} of them the catalog");
+    assert!(summary_bytes < 512 * 1024, "summary poll {summary_bytes} bytes");
+    assert!(page_bytes - catalog_bytes < 16384 && found_bytes - catalog_bytes < 16384, "page polls {page_bytes} / {found_bytes} bytes");
     assert!(whole.body.len() > 3_000_000, "the whole JSON view: {} bytes", whole.body.len());
     report!(
-        "status data at {N} series: summary {summary_bytes} B in {summary_time:?}; page of 100 {page_bytes} B in {page_time:?}; \
-         filtered ({want} match) {found_bytes} B in {found_time:?}; whole JSON view {} B in {whole_time:?}; fill {fill:?}",
+        "status data at {} series: a poll without a family {summary_bytes} B ({catalog_bytes} B of it the catalog at 2 x 1000 series) \
+         in {summary_time:?}; with a page of 100 {page_bytes} B in {page_time:?}; filtered ({want} match) {found_bytes} B in \
+         {found_time:?}; whole JSON view {} B in {whole_time:?}; fill {fill:?}",
+        N + 2 * CATALOG,
         whole.body.len()
     );
     let page = request(port, "GET", "/big/status", &[], "");
