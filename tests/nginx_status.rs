@@ -707,6 +707,20 @@ fn a_poll_is_bounded_at_100k_series() {
     );
     let page = request(port, "GET", "/big/status", &[], "");
     report!("status page: {} bytes", page.body.len());
+
+    // 104,001 of 110,000 series used (94.5%): the page warns (in red from 95%).
+    let mut b = Browser::start(1200, 900);
+    b.navigate(&format!("http://127.0.0.1:{port}/big/status?every=3600"));
+    b.wait_polls(1);
+    let shown = b.shown();
+    let banner = shown["banner"].as_str().unwrap();
+    assert!(banner.starts_with("Series store 94.5% full (104,001 of 110,000)"), "banner: {banner:?}");
+    assert_eq!(b.eval("document.getElementById('banner').className"), "banner warn");
+    assert_eq!(shown["selfSeries"], "104,001 of 110,000 series (94.5%)");
+    let fams: Vec<(&str, &str)> =
+        shown["families"].as_array().unwrap().iter().map(|r| (r[0].as_str().unwrap(), r[2].as_str().unwrap())).collect();
+    assert_eq!(fams[0], ("big_total", "100,000"));
+    drop(b);
     nginx.assert_no_errors(&[]);
 }
 
