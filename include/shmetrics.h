@@ -253,6 +253,22 @@ int32_t shmetrics_render_open(const shmetrics_region *r,
                               shmetrics_render **out);
 
 /*
+ Pages a JSON render: for every family, only its series `offset..offset +
+ limit` among those with a label value containing the `needle_len` bytes at
+ `needle` (every series when `needle_len` is 0), and the number of such series
+ as the family's `"series_count"`. Call after `shmetrics_render_open` with
+ `SHMETRICS_FORMAT_JSON`, before the first `shmetrics_render_next`.
+
+ # Safety
+ `it` from `shmetrics_render_open`, not closed; `needle` holds `needle_len` bytes.
+ */
+int32_t shmetrics_render_page(shmetrics_render *it,
+                              uint64_t offset,
+                              uint64_t limit,
+                              const char *needle,
+                              size_t needle_len);
+
+/*
  Renders the next piece (about `hint` bytes). Returns 1 and sets `*chunk`/`*len`
  (valid until the next call on `it`), or 0 when the exposition is complete.
 

@@ -65,6 +65,7 @@ nginx-test-conf/demo.conf into $prefix
 
   gateway   $gw
   metrics   http://127.0.0.1:$metrics_port/metrics
+  status    http://127.0.0.1:$metrics_port/status   (live page: open it in a browser)
 
 Try (the gateway proxies to a mock OpenAI-compatible upstream on :$mock_port):
   J='Content-Type: application/json'

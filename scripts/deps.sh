@@ -10,7 +10,9 @@ set -euo pipefail
 packages=(nginx libnginx-mod-http-lua lua-resty-core luajit2 libluajit2-5.1-dev
           prometheus wrk curl pkg-config valgrind
           # make deb and its checks, the rockspec (tests/install.rs)
-          dpkg-dev debhelper lintian luarocks)
+          dpkg-dev debhelper lintian luarocks
+          # tests/nginx_status.rs: the status page in a headless browser
+          chromium)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -485,6 +485,38 @@ pub unsafe extern "C" fn shmetrics_render_open(
     })
 }
 
+/// Pages a JSON render: for every family, only its series `offset..offset +
+/// limit` among those with a label value containing the `needle_len` bytes at
+/// `needle` (every series when `needle_len` is 0), and the number of such series
+/// as the family's `"series_count"`. Call after `shmetrics_render_open` with
+/// `SHMETRICS_FORMAT_JSON`, before the first `shmetrics_render_next`.
+///
+/// # Safety
+/// `it` from `shmetrics_render_open`, not closed; `needle` holds `needle_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_render_page(
+    it: *mut shmetrics_render,
+    offset: u64,
+    limit: u64,
+    needle: *const c_char,
+    needle_len: usize,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        // SAFETY: caller contract.
+        let Some(it) = (unsafe { it.as_mut() }) else {
+            return fail(&Error::invalid("bad argument \"it\": NULL".into()));
+        };
+        // SAFETY: caller contract: `needle_len` bytes at `needle`.
+        let Some(needle) = (unsafe { bytes(needle, needle_len) }) else {
+            return fail(&Error::invalid("bad argument \"needle\": NULL".into()));
+        };
+        match it.set_page(offset, limit, needle) {
+            Ok(()) => SHMETRICS_OK,
+            Err(msg) => fail(&Error::invalid(msg)),
+        }
+    })
+}
+
 /// Renders the next piece (about `hint` bytes). Returns 1 and sets `*chunk`/`*len`
 /// (valid until the next call on `it`), or 0 when the exposition is complete.
 ///

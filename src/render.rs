@@ -38,6 +38,23 @@ pub struct Render {
     /// The current histogram family's `le` values, formatted once per family.
     les: Vec<Vec<u8>>,
     les_group: usize,
+    /// The JSON view's paging (`set_page`), and the series of the current
+    /// family counted by it so far.
+    page: Option<Page>,
+    page_seen: u64,
+}
+
+/// A page of the JSON view: per family, the series `offset..offset + limit`
+/// among those with a label value containing `needle` (every series when it is
+/// empty), so that a front end polling a registry of any size gets a bounded body.
+struct Page {
+    offset: u64,
+    limit: u64,
+    needle: Vec<u8>,
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn as_str(b: &[u8]) -> &str {
@@ -135,7 +152,23 @@ impl Render {
             sums: Vec::with_capacity(MAX_BUCKETS + 2),
             les: Vec::new(),
             les_group: usize::MAX,
+            page: None,
+            page_seen: 0,
         }
+    }
+
+    /// Pages a JSON render (see [`Page`]): each family object then also carries
+    /// `"series_count"`, the number of its series the needle selects. Only
+    /// before the first chunk of a JSON render.
+    pub fn set_page(&mut self, offset: u64, limit: u64, needle: &[u8]) -> Result<(), String> {
+        if !self.json {
+            return Err("paging is for the JSON view only".into());
+        }
+        if self.group != 0 || self.pos != 0 || self.self_done {
+            return Err("paging must be set before the first chunk".into());
+        }
+        self.page = Some(Page { offset, limit, needle: needle.to_vec() });
+        Ok(())
     }
 
     /// Series left to render (for tests and progress).
@@ -216,6 +249,7 @@ impl Render {
             }
             self.buf.extend_from_slice(b"],\"series\":[");
             self.json_series = false;
+            self.page_seen = 0;
         }
         let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
         let mut progressed = false;
@@ -230,6 +264,16 @@ impl Render {
             values.clear();
             if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values) || values.len() != label_names.len() {
                 continue;
+            }
+            if let Some(p) = &self.page {
+                if !p.needle.is_empty() && !values.iter().any(|v| contains(v, &p.needle)) {
+                    continue;
+                }
+                let i = self.page_seen;
+                self.page_seen += 1;
+                if i < p.offset || i - p.offset >= p.limit {
+                    continue;
+                }
             }
             if self.json_series {
                 self.buf.push(b',');
@@ -275,7 +319,12 @@ impl Render {
             self.buf.push(b'}');
         }
         if self.pos >= end {
-            self.buf.extend_from_slice(b"]}");
+            self.buf.push(b']');
+            if self.page.is_some() {
+                self.buf.extend_from_slice(b",\"series_count\":");
+                json::write_number(&mut self.buf, self.page_seen as f64);
+            }
+            self.buf.push(b'}');
             self.group += 1;
         }
     }

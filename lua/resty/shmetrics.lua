@@ -72,6 +72,8 @@ int32_t shmetrics_render_open(const shmetrics_region *r, uint32_t format,
 int32_t shmetrics_render_next(shmetrics_render *it, size_t hint,
                               const char **chunk, size_t *len);
 void shmetrics_render_close(shmetrics_render *it);
+int32_t shmetrics_render_page(shmetrics_render *it, uint64_t offset, uint64_t limit,
+                              const char *needle, size_t needle_len);
 ]]
 
 -- Mirrors of the header's constants (a test checks they agree).
@@ -961,6 +963,11 @@ end
 -- `?name[]=a&name[]=b` limits it to those families.
 function Registry:collect_json()
     return serve(self, FORMAT_JSON)
+end
+
+--- prometheus:status()   (content_by_lua: the live status page, docs/status.md)
+function Registry:status()
+    return require("resty.shmetrics.status").serve(self, lib, last_error)
 end
 
 local OPTIONS = {
