@@ -30,6 +30,7 @@ build = {
       lua = {
          ["resty.shmetrics"] = "lua/resty/shmetrics.lua",
          ["resty.shmetrics.gateway"] = "lua/resty/shmetrics/gateway.lua",
+         ["resty.shmetrics.status"] = "lua/resty/shmetrics/status.lua",
       },
       -- resty.shmetrics finds it by walking package.cpath, as `libshmetrics`.
       lib = {
