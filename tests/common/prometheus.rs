@@ -230,18 +230,7 @@ impl Prometheus {
 
     /// GET `path` of the API; `Ok(data)` when the answer is `"status":"success"`.
     pub fn api(&self, path: &str) -> Result<Json, String> {
-        let resp = get(self.port, path).map_err(|e| format!("GET {path}: {e}"))?;
-        let body = String::from_utf8_lossy(&resp.body).into_owned();
-        let doc = Json::parse(&body).map_err(|e| format!("GET {path}: status {}, bad JSON ({e}): {body}", resp.status))?;
-        if resp.status != 200 || doc.get("status").and_then(Json::as_str) != Some("success") {
-            return Err(format!(
-                "GET {path}: status {}: {}: {}",
-                resp.status,
-                doc.get("errorType").and_then(Json::as_str).unwrap_or("?"),
-                doc.get("error").and_then(Json::as_str).unwrap_or(&body)
-            ));
-        }
-        doc.get("data").cloned().ok_or_else(|| format!("GET {path}: no data: {body}"))
+        api_get(self.port, path)
     }
 
     /// An instant query at the server's "now".
@@ -255,12 +244,7 @@ impl Prometheus {
     }
 
     fn query_impl(&self, expr: &str, t_ms: Option<i64>) -> Result<QueryResult, String> {
-        let mut path = format!("/api/v1/query?query={}", url_encode(expr));
-        if let Some(t) = t_ms {
-            path.push_str(&format!("&time={}", ts_param(t)));
-        }
-        let data = self.api(&path).map_err(|e| format!("query {expr:?}: {e}"))?;
-        parse_result(&data).map_err(|e| format!("query {expr:?}: {e}"))
+        query_api(self.port, expr, t_ms)
     }
 
     /// The samples of an instant query that must succeed.
@@ -352,6 +336,34 @@ impl Drop for Prometheus {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// GET `path` of a Prometheus-compatible HTTP API on 127.0.0.1:`port` (Prometheus,
+/// VictoriaMetrics); `Ok(data)` when the answer is `"status":"success"`.
+pub fn api_get(port: u16, path: &str) -> Result<Json, String> {
+    let resp = get(port, path).map_err(|e| format!("GET {path}: {e}"))?;
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    let doc = Json::parse(&body).map_err(|e| format!("GET {path}: status {}, bad JSON ({e}): {body}", resp.status))?;
+    if resp.status != 200 || doc.get("status").and_then(Json::as_str) != Some("success") {
+        return Err(format!(
+            "GET {path}: status {}: {}: {}",
+            resp.status,
+            doc.get("errorType").and_then(Json::as_str).unwrap_or("?"),
+            doc.get("error").and_then(Json::as_str).unwrap_or(&body)
+        ));
+    }
+    doc.get("data").cloned().ok_or_else(|| format!("GET {path}: no data: {body}"))
+}
+
+/// An instant query (`/api/v1/query`) on a Prometheus-compatible API, at `t_ms` or
+/// the server's "now".
+pub fn query_api(port: u16, expr: &str, t_ms: Option<i64>) -> Result<QueryResult, String> {
+    let mut path = format!("/api/v1/query?query={}", url_encode(expr));
+    if let Some(t) = t_ms {
+        path.push_str(&format!("&time={}", ts_param(t)));
+    }
+    let data = api_get(port, &path).map_err(|e| format!("query {expr:?}: {e}"))?;
+    parse_result(&data).map_err(|e| format!("query {expr:?}: {e}"))
 }
 
 fn labels_of(j: Option<&Json>) -> BTreeMap<String, String> {
