@@ -8,7 +8,10 @@ set -euo pipefail
 # headers, promtool (package prometheus), load/scrape tools, valgrind for the ABI tests.
 # Never add Debian's `luajit` package here: it conflicts with luajit2 (FACTS.md).
 packages=(nginx libnginx-mod-http-lua lua-resty-core luajit2 libluajit2-5.1-dev
-          prometheus wrk curl pkg-config valgrind)
+          prometheus wrk curl pkg-config valgrind
+          # tests/fleet.rs, examples/fleet: the long-term store behind remote_write
+          victoria-metrics
+          )
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

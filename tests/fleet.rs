@@ -31,14 +31,13 @@
 mod common;
 
 use common::http::get;
-use common::nginx::{free_port, remove_shm, repo_dir, signal};
+use common::nginx::{free_port, remove_shm, repo_dir};
 use common::prometheus::*;
 use common::Nginx;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -302,18 +301,7 @@ impl Victoria {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl and getppid are async-signal-safe. If the test process dies,
-        // VictoriaMetrics gets SIGTERM (start and drop on one thread, as a #[test] does).
-        let parent = std::process::id() as i32;
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {VICTORIA}: {e}"));
         let mut vm = Victoria { dir: dir.to_path_buf(), port, child: Some(child) };
         poll(WAIT, "victoria-metrics /health", || {
@@ -333,18 +321,9 @@ impl Victoria {
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = signal(child.id() as i32, libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
+        if let Some(child) = self.child.take() {
+            stop_child(child, libc::SIGINT, "victoria-metrics");
         }
-        eprintln!("victoria-metrics {} did not stop in 15 s after SIGINT: killing it", child.id());
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -498,6 +477,7 @@ fn fleet_through_prometheus_and_victoria_metrics() {
         .collect();
     fs::write(prom_dir.join("targets").join("hosts.json"), format!("[\n  {}\n]\n", targets.join(",\n  "))).unwrap();
     let prom = Prometheus::start_dir(&prom_dir);
+    let prom_started = Instant::now();
     prom.wait_targets_up(3, WAIT);
     let s = Servers { prom: &prom, vm: &vm };
 
@@ -558,7 +538,7 @@ fn fleet_through_prometheus_and_victoria_metrics() {
     for r in &rules {
         assert!(r.3 == "ok" && r.4.is_empty(), "rule {} in {}: health {}, error {}", r.1, r.0, r.3, r.4);
     }
-    measure(&prom, &vm);
+    measure(&prom, &vm, &hosts, prom_started);
     for h in &hosts {
         h.nginx.assert_no_errors(&[]);
     }
@@ -580,23 +560,48 @@ impl Host {
 }
 
 /// The example's size, for README's "Many hosts": series per host, samples per
-/// second, what VictoriaMetrics stores per sample.
-fn measure(prom: &Prometheus, vm: &Victoria) {
-    let per_host = prom.samples("scrape_samples_scraped");
-    for sample in &per_host {
-        eprintln!("[measure] {} exposes {} samples per scrape", sample.label("host"), sample.value);
-    }
-    let text = |port: u16| get(port, "/metrics").map(|r| String::from_utf8_lossy(&r.body).into_owned()).unwrap_or_default();
-    let grab = |body: &str, prefix: &str| -> Vec<String> { body.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect() };
-    let _ = get(vm.port, "/internal/force_flush");
-    let pm = text(prom.port);
-    for l in ["prometheus_remote_storage_samples_total", "prometheus_tsdb_head_samples_appended_total", "prometheus_tsdb_head_series "].iter().flat_map(|p| grab(&pm, p)) {
-        eprintln!("[measure] prometheus: {l}");
-    }
-    let vmm = text(vm.port);
-    for p in ["vm_rows_inserted_total", "vm_data_size_bytes", "vm_rows{"] {
-        for l in grab(&vmm, p) {
-            eprintln!("[measure] victoria-metrics: {l}");
+/// second into Prometheus and VictoriaMetrics, what VictoriaMetrics stores per sample.
+/// `SHMETRICS_FLEET_SOAK=<seconds>` first keeps traffic flowing that long (1 s scrapes)
+/// so that VictoriaMetrics' figure per sample is not one of a few seconds of data.
+fn measure(prom: &Prometheus, vm: &Victoria, hosts: &[Host], prom_started: Instant) {
+    let soak: u64 = std::env::var("SHMETRICS_FLEET_SOAK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if soak > 0 {
+        let end = Instant::now() + Duration::from_secs(soak);
+        while Instant::now() < end {
+            send_round(hosts, &ROUND2);
+            thread::sleep(Duration::from_millis(200));
         }
     }
+    for sample in prom.samples("scrape_samples_scraped") {
+        eprintln!("[measure] {} exposes {} samples per scrape", sample.label("host"), sample.value);
+    }
+    let metric = |port: u16, line_prefix: &str| -> f64 {
+        let body = get(port, "/metrics").map(|r| String::from_utf8_lossy(&r.body).into_owned()).unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let seconds = prom_started.elapsed().as_secs_f64();
+    let appended = metric(prom.port, "prometheus_tsdb_head_samples_appended_total");
+    let sent = metric(prom.port, "prometheus_remote_storage_samples_total");
+    let series = metric(prom.port, "prometheus_tsdb_head_series ");
+    eprintln!(
+        "[measure] prometheus: {series} series in its head; {appended} samples appended, {sent} remote-written in {seconds:.1} s ({:.1} samples/s at 1 s scrapes)",
+        appended / seconds
+    );
+    for path in ["/internal/force_flush", "/internal/force_merge"] {
+        let r = get(vm.port, path);
+        eprintln!("[measure] victoria-metrics {path}: {:?}", r.map(|r| r.status));
+    }
+    if soak > 0 {
+        thread::sleep(Duration::from_secs(5)); // the merge runs in the background
+    }
+    let rows = metric(vm.port, "vm_rows_inserted_total{type=\"promremotewrite\"}");
+    let data = metric(vm.port, "vm_data_size_bytes{type=\"storage/");
+    let index = metric(vm.port, "vm_data_size_bytes{type=\"indexdb\"}");
+    eprintln!(
+        "[measure] victoria-metrics: {rows} rows received; data {data} bytes ({:.2} per row), index {index} bytes",
+        data / rows.max(1.0)
+    );
 }

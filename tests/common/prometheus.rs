@@ -190,19 +190,7 @@ impl Prometheus {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl and getppid are async-signal-safe. If the test process dies,
-        // Prometheus gets SIGTERM (PDEATHSIG follows the spawning thread: start and
-        // drop a Prometheus on one thread, as every #[test] does).
-        let parent = std::process::id() as i32;
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| (format!("spawn {PROMETHEUS}: {e}"), false))?;
         let mut p = Prometheus { dir: dir.to_path_buf(), port, child: Some(child) };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -311,19 +299,9 @@ impl Prometheus {
     }
 
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
+        if let Some(child) = self.child.take() {
+            stop_child(child, libc::SIGTERM, "prometheus");
         }
-        eprintln!("prometheus {} did not stop in {STOP_TIMEOUT:?} after SIGTERM: killing it", child.id());
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -336,6 +314,39 @@ impl Drop for Prometheus {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Makes the server `cmd` starts get SIGTERM if the test process dies (killed by
+/// a CI timeout, say). PDEATHSIG follows the spawning thread: start and stop a
+/// server on one thread, as every #[test] does.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl and getppid are async-signal-safe, as a pre_exec hook must be.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Stops a server: `sig` (its graceful stop), then SIGKILL after STOP_TIMEOUT.
+pub fn stop_child(mut child: Child, sig: i32, name: &str) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("{name} {} did not stop in {STOP_TIMEOUT:?} after signal {sig}: killing it", child.id());
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// GET `path` of a Prometheus-compatible HTTP API on 127.0.0.1:`port` (Prometheus,
