@@ -9,7 +9,8 @@
 //!    answer exactly the values the requests imply: per-host and fleet-wide request
 //!    counts, tokens and spend per namespace and model, the success ratio, the p95 of
 //!    the summed latency buckets; and the recording rules' outputs, which
-//!    VictoriaMetrics receives from Prometheus.
+//!    VictoriaMetrics receives from Prometheus (the rate rules, whose values depend
+//!    on scrape times, agree between the two at one instant).
 //! 2. One host is stopped (Prometheus sees it down), started again on the same region
 //!    file (its counts carry on), and every host gets more traffic. `increase()` per
 //!    host over a window that spans the outage equals the traffic sent in it, on both
@@ -31,7 +32,7 @@
 mod common;
 
 use common::http::get;
-use common::nginx::{free_port, remove_shm, repo_dir};
+use common::nginx::{die_with_parent, free_port, remove_shm, repo_dir};
 use common::prometheus::*;
 use common::Nginx;
 use std::collections::BTreeMap;
@@ -256,6 +257,19 @@ impl Host {
 
     fn metrics_port(&self) -> u16 {
         self.nginx.metrics_port
+    }
+
+    /// Stops nginx, waits until Prometheus has seen the host down, and starts it
+    /// again with the same ports and region file. Returns the stopped one.
+    fn restart(&mut self, prom: &Prometheus) -> Nginx {
+        self.nginx.stop();
+        let expr = format!("up{{host=\"{}\"}} == 0", self.name);
+        poll(WAIT, &format!("prometheus sees {} down", self.name), || match prom.query(&expr)? {
+            r if !r.is_empty() => Ok(()),
+            r => Err(format!("{r:?}")),
+        });
+        let fresh = start_nginx(self.name, &self.vars);
+        std::mem::replace(&mut self.nginx, fresh)
     }
 }
 
@@ -517,7 +531,7 @@ fn fleet_through_prometheus_and_victoria_metrics() {
 
     // 2. gw-b stops; Prometheus sees it down (and marks its series stale); it starts
     //    again on the same region file; the counts carry on.
-    let old = hosts[1].restart_stopped_first(&prom);
+    let old = hosts[1].restart(&prom);
     drop(old);
     prom.wait_targets_up(3, WAIT);
     s.check("sum by (host) (http_requests_total)", &["host"], &keyed(e1.per_host.iter().map(|(h, v)| (vec![h.clone()], *v))), EXACT, None);
@@ -558,20 +572,6 @@ fn fleet_through_prometheus_and_victoria_metrics() {
         h.nginx.assert_no_errors(&[]);
     }
     eprintln!("[measure] fleet test took {:?}", started.elapsed());
-}
-
-impl Host {
-    /// `restart`, waiting in between until Prometheus has seen this host down.
-    fn restart_stopped_first(&mut self, prom: &Prometheus) -> Nginx {
-        self.nginx.stop();
-        let expr = format!("up{{host=\"{}\"}} == 0", self.name);
-        poll(WAIT, &format!("prometheus sees {} down", self.name), || match prom.query(&expr)? {
-            r if !r.is_empty() => Ok(()),
-            r => Err(format!("{r:?}")),
-        });
-        let fresh = start_nginx(self.name, &self.vars);
-        std::mem::replace(&mut self.nginx, fresh)
-    }
 }
 
 /// The example's size, for README's "Many hosts": series per host, samples per

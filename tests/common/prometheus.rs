@@ -11,10 +11,9 @@
 //! time: every wait polls a condition until a deadline.
 
 use super::http::get;
-use super::nginx::{free_port, repo_dir};
+use super::nginx::{die_with_parent, free_port, repo_dir};
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -313,23 +312,6 @@ impl Drop for Prometheus {
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-/// Makes the server `cmd` starts get SIGTERM if the test process dies (killed by
-/// a CI timeout, say). PDEATHSIG follows the spawning thread: start and stop a
-/// server on one thread, as every #[test] does.
-pub fn die_with_parent(cmd: &mut Command) {
-    let parent = std::process::id() as i32;
-    // SAFETY: prctl and getppid are async-signal-safe, as a pre_exec hook must be.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
     }
 }
 
