@@ -512,18 +512,27 @@ fn fleet_through_prometheus_and_victoria_metrics() {
     let e1 = expected(&[&ROUND1]);
     check_figures(&s, &e1);
     // The rate rules' values depend on scrape times, not only on the traffic: both
-    // servers hold the same recorded samples, so at one instant they agree.
-    let at = now_ms() - 2000;
-    for (expr, keys) in [
-        ("host:http_requests:rate5m", &["host"][..]),
-        ("fleet:http_requests:rate5m", &[][..]),
-        ("fleet:http_requests_5xx:ratio_rate5m", &[][..]),
-        ("fleet:http_request_duration_seconds:p95_5m", &[][..]),
-        ("namespace_model:model_cost_usd:rate5m", &["namespace", "model"][..]),
+    // servers hold the same recorded samples, so at one instant they agree. The
+    // instant is 1.5 s back, so that no evaluation stamped before it is still to be
+    // written; waited for until the rule has its series (a rate needs two scrapes).
+    for (expr, keys, series) in [
+        ("host:http_requests:rate5m", &["host"][..], 3),
+        ("fleet:http_requests:rate5m", &[][..], 1),
+        ("fleet:http_requests_5xx:ratio_rate5m", &[][..], 1),
+        ("fleet:http_request_duration_seconds:p95_5m", &[][..], 1),
+        ("namespace_model:model_cost_usd:rate5m", &["namespace", "model"][..], 3),
     ] {
-        let prom_answer = s.ask(prom.port, expr, keys, Some(at)).unwrap_or_else(|e| panic!("{e}"));
+        let (at, prom_answer) = poll(WAIT, &format!("prometheus: {series} series of {expr}"), || {
+            let at = now_ms() - 1500;
+            let a = s.ask(prom.port, expr, keys, Some(at))?;
+            if a.len() == series {
+                Ok((at, a))
+            } else {
+                Err(format!("{a:?}"))
+            }
+        });
         // (A series born at its final value has a rate of 0: the 5xx ratio may be.)
-        assert!(!prom_answer.is_empty() && prom_answer.values().all(|v| v.is_finite()), "{expr}: {prom_answer:?}");
+        assert!(prom_answer.values().all(|v| v.is_finite()), "{expr}: {prom_answer:?}");
         s.check(expr, keys, &prom_answer, STORED, Some(at));
     }
     let round1_checked = now_ms();
@@ -567,6 +576,12 @@ fn fleet_through_prometheus_and_victoria_metrics() {
     for r in &rules {
         assert!(r.3 == "ok" && r.4.is_empty(), "rule {} in {}: health {}, error {}", r.1, r.0, r.3, r.4);
     }
+    // Remote write went through without a complaint on either side.
+    let bad: Vec<String> = (prom.log().lines().filter(|l| l.contains("level=error")))
+        .chain(vm.log().lines().filter(|l| ["\terror\t", "\tpanic\t", "\tfatal\t"].iter().any(|lvl| l.contains(lvl))))
+        .map(str::to_string)
+        .collect();
+    assert!(bad.is_empty(), "errors logged by prometheus or victoria-metrics:\n{}", bad.join("\n"));
     measure(&prom, &vm, &hosts, prom_started);
     for h in &hosts {
         h.nginx.assert_no_errors(&[]);
