@@ -635,3 +635,18 @@ fn measure(prom: &Prometheus, vm: &Victoria, hosts: &[Host], prom_started: Insta
         data / rows.max(1.0)
     );
 }
+
+/// The example's files as promtool sees them: the configuration is valid, and the
+/// rules' unit tests (rules/fleet.rules.test.yml, exact values) pass.
+#[test]
+fn promtool_checks_the_example() {
+    for args in [&["check", "config", "prometheus.yml"][..], &["test", "rules", "rules/fleet.rules.test.yml"][..]] {
+        let out = Command::new(PROMTOOL)
+            .args(args)
+            .current_dir(fleet_dir())
+            .output()
+            .unwrap_or_else(|e| panic!("run {PROMTOOL}: {e} (install Debian's prometheus package: `make deps`)"));
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("SUCCESS"), "promtool {}:\n{text}", args.join(" "));
+    }
+}
