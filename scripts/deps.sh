@@ -12,7 +12,11 @@ packages=(nginx libnginx-mod-http-lua lua-resty-core luajit2 libluajit2-5.1-dev
           # make deb and its checks, the rockspec (tests/install.rs)
           dpkg-dev debhelper lintian luarocks
           # tests/nginx_status.rs: the status page in a headless browser
-          chromium)
+          chromium
+
+          # tests/fleet.rs, examples/fleet: the long-term store behind remote_write
+          victoria-metrics
+          )
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -154,6 +154,23 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes the server `cmd` starts get SIGTERM if the test process dies (killed by
+/// a CI timeout, say). PDEATHSIG follows the spawning thread: start and stop a
+/// server on one thread, as every #[test] does.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl and getppid are async-signal-safe, as a pre_exec hook must be.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running nginx. Stopped (SIGQUIT, then SIGKILL) when dropped.
 pub struct Nginx {
     pub prefix: PathBuf,
@@ -282,20 +299,8 @@ impl Nginx {
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().unwrap())
             .stderr(stderr);
-        // SAFETY: prctl and getppid are async-signal-safe. If the test process dies
-        // (killed by a CI timeout, say), the master gets SIGTERM and shuts down with its
-        // workers. PDEATHSIG follows the *thread* that spawned nginx: start and drop an
-        // Nginx on the same thread (every #[test] does).
-        let parent = pid as i32;
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        // The master gets SIGTERM, and shuts down with its workers, if the test dies.
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {NGINX}: {e}"));
         let master = child.id() as i32;
         let mut nginx = Nginx {

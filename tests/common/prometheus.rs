@@ -11,10 +11,9 @@
 //! time: every wait polls a condition until a deadline.
 
 use super::http::get;
-use super::nginx::{free_port, repo_dir};
+use super::nginx::{die_with_parent, free_port, repo_dir};
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -190,19 +189,7 @@ impl Prometheus {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl and getppid are async-signal-safe. If the test process dies,
-        // Prometheus gets SIGTERM (PDEATHSIG follows the spawning thread: start and
-        // drop a Prometheus on one thread, as every #[test] does).
-        let parent = std::process::id() as i32;
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| (format!("spawn {PROMETHEUS}: {e}"), false))?;
         let mut p = Prometheus { dir: dir.to_path_buf(), port, child: Some(child) };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -230,18 +217,7 @@ impl Prometheus {
 
     /// GET `path` of the API; `Ok(data)` when the answer is `"status":"success"`.
     pub fn api(&self, path: &str) -> Result<Json, String> {
-        let resp = get(self.port, path).map_err(|e| format!("GET {path}: {e}"))?;
-        let body = String::from_utf8_lossy(&resp.body).into_owned();
-        let doc = Json::parse(&body).map_err(|e| format!("GET {path}: status {}, bad JSON ({e}): {body}", resp.status))?;
-        if resp.status != 200 || doc.get("status").and_then(Json::as_str) != Some("success") {
-            return Err(format!(
-                "GET {path}: status {}: {}: {}",
-                resp.status,
-                doc.get("errorType").and_then(Json::as_str).unwrap_or("?"),
-                doc.get("error").and_then(Json::as_str).unwrap_or(&body)
-            ));
-        }
-        doc.get("data").cloned().ok_or_else(|| format!("GET {path}: no data: {body}"))
+        api_get(self.port, path)
     }
 
     /// An instant query at the server's "now".
@@ -255,12 +231,7 @@ impl Prometheus {
     }
 
     fn query_impl(&self, expr: &str, t_ms: Option<i64>) -> Result<QueryResult, String> {
-        let mut path = format!("/api/v1/query?query={}", url_encode(expr));
-        if let Some(t) = t_ms {
-            path.push_str(&format!("&time={}", ts_param(t)));
-        }
-        let data = self.api(&path).map_err(|e| format!("query {expr:?}: {e}"))?;
-        parse_result(&data).map_err(|e| format!("query {expr:?}: {e}"))
+        query_api(self.port, expr, t_ms)
     }
 
     /// The samples of an instant query that must succeed.
@@ -327,19 +298,9 @@ impl Prometheus {
     }
 
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
+        if let Some(child) = self.child.take() {
+            stop_child(child, libc::SIGTERM, "prometheus");
         }
-        eprintln!("prometheus {} did not stop in {STOP_TIMEOUT:?} after SIGTERM: killing it", child.id());
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -352,6 +313,50 @@ impl Drop for Prometheus {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Stops a server: `sig` (its graceful stop), then SIGKILL after STOP_TIMEOUT.
+pub fn stop_child(mut child: Child, sig: i32, name: &str) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("{name} {} did not stop in {STOP_TIMEOUT:?} after signal {sig}: killing it", child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// GET `path` of a Prometheus-compatible HTTP API on 127.0.0.1:`port` (Prometheus,
+/// VictoriaMetrics); `Ok(data)` when the answer is `"status":"success"`.
+pub fn api_get(port: u16, path: &str) -> Result<Json, String> {
+    let resp = get(port, path).map_err(|e| format!("GET {path}: {e}"))?;
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    let doc = Json::parse(&body).map_err(|e| format!("GET {path}: status {}, bad JSON ({e}): {body}", resp.status))?;
+    if resp.status != 200 || doc.get("status").and_then(Json::as_str) != Some("success") {
+        return Err(format!(
+            "GET {path}: status {}: {}: {}",
+            resp.status,
+            doc.get("errorType").and_then(Json::as_str).unwrap_or("?"),
+            doc.get("error").and_then(Json::as_str).unwrap_or(&body)
+        ));
+    }
+    doc.get("data").cloned().ok_or_else(|| format!("GET {path}: no data: {body}"))
+}
+
+/// An instant query (`/api/v1/query`) on a Prometheus-compatible API, at `t_ms` or
+/// the server's "now".
+pub fn query_api(port: u16, expr: &str, t_ms: Option<i64>) -> Result<QueryResult, String> {
+    let mut path = format!("/api/v1/query?query={}", url_encode(expr));
+    if let Some(t) = t_ms {
+        path.push_str(&format!("&time={}", ts_param(t)));
+    }
+    let data = api_get(port, &path).map_err(|e| format!("query {expr:?}: {e}"))?;
+    parse_result(&data).map_err(|e| format!("query {expr:?}: {e}"))
 }
 
 fn labels_of(j: Option<&Json>) -> BTreeMap<String, String> {
