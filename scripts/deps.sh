@@ -13,7 +13,6 @@ packages=(nginx libnginx-mod-http-lua lua-resty-core luajit2 libluajit2-5.1-dev
           dpkg-dev debhelper lintian luarocks
           # tests/nginx_status.rs: the status page in a headless browser
           chromium
-
           # tests/fleet.rs, examples/fleet: the long-term store behind remote_write
           victoria-metrics
           )
