@@ -530,9 +530,14 @@ impl Region {
     /// Checks, without touching the mapping, that the file is still as long as the
     /// mapping. A file cut short (`truncate`, `> file`) would make every touch of
     /// the lost pages SIGBUS: this gives the file its size back and reserves the
-    /// header, registries, arena and every slot that still fits, so that the
-    /// running processes do not crash; the counts are lost all the same (the pages
-    /// come back as zeros), and the error says so.
+    /// header, registries, arena and slot 0 again, so that the running processes
+    /// do not crash; the counts are lost all the same (the pages come back as
+    /// zeros), and the error says so.
+    ///
+    /// The workers' own slots are not reserved again: which slots were claimed
+    /// was in the lost pages, and reserving all of them could fill the file
+    /// system for nothing. Their pages come back on the workers' next writes,
+    /// which succeed unless the file system was filled in the meantime.
     pub fn check_size(&self) -> Result<(), Error> {
         let size = self.file_size()?;
         if size >= self.len as u64 {
@@ -540,15 +545,12 @@ impl Region {
         }
         // SAFETY: `self.fd` is open for writing; the length was valid at creation.
         let grown = unsafe { libc::ftruncate(self.fd, self.len as libc::off_t) } == 0;
-        let mut reserved = grown && reserve(self.fd, self.base, 0, self.params.reserved_at_init()).is_ok();
-        if reserved {
-            // The slots in the order claims take them, while the file system has room.
-            reserved = (1..self.params.max_slots).all(|i| self.reserve_slot(i).is_ok());
-        }
-        let done = match (grown, reserved) {
-            (false, _) => "its size could not be restored: processes touching the lost pages will crash",
-            (true, false) => "its size was restored, but not every page could be reserved",
-            (true, true) => "its size was restored and its pages reserved, so running workers do not crash",
+        let done = if !grown {
+            "its size could not be restored: processes touching the lost pages will crash".to_string()
+        } else if let Err(e) = reserve(self.fd, self.base, 0, self.params.reserved_at_init()) {
+            format!("its size was restored, but its registries could not be reserved again ({e})")
+        } else {
+            "its size was restored and its registries reserved again, so running workers do not crash".to_string()
         };
         Err(Error::Io(format!(
             "the region file \"{}\" was cut to {size} bytes while nginx ran (it is {} bytes); \
