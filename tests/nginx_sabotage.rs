@@ -7,7 +7,7 @@
 //! refusals that say why, every /metrics answer valid for promtool or an error
 //! status with the reason logged, and exact counts where counting is possible.
 //!
-//! `docs/hostile-input.md` §10 has the table of what each case does now.
+//! `docs/hostile-input.md` §12 has the table of what each case does now.
 
 mod common;
 
