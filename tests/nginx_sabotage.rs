@@ -266,6 +266,109 @@ fn full_tmpfs_after_start_then_reload_adding_a_family() {
     let _ = fs::remove_file(filler);
 }
 
+/// /dev/shm full while an old worker still drains after a reload: of the two new
+/// workers, one adopts the exited old worker's (reserved) slot and the other
+/// cannot reserve a fresh one: it records nothing, says why, counts its
+/// refusals; once the slow old worker exits, it adopts that slot and counts.
+#[test]
+fn full_tmpfs_reload_while_an_old_worker_drains() {
+    let nginx = Nginx::start("sabotage", &vars("64m", "2", MASTER_INIT, ""));
+    let mut t = Tally::default();
+    for i in 0..100 {
+        t.add(hit(nginx.port, &format!("a{}", i % 10), "hits"));
+    }
+    assert_eq!(t.ok, 100, "{t:?}");
+    let old = nginx.worker_pids();
+    let port = nginx.port;
+    let slow = std::thread::spawn(move || get(port, "/slow?s=4").map(|r| r.text().to_string()));
+    std::thread::sleep(Duration::from_millis(300));
+    let filler = fill_shm(&nginx);
+    let reload_vars = {
+        let mut v = vars("64m", "2", MASTER_INIT, "");
+        v.retain(|(k, _)| *k != "EXTRA");
+        v.push(("EXTRA", "-- reloaded"));
+        v
+    };
+    reconfigure(&nginx, &reload_vars);
+    wait_until(
+        Duration::from_secs(30),
+        || nginx.worker_pids().iter().filter(|p| !old.contains(p)).count() >= 2,
+        || format!("no new workers after the reload:\n{}", nginx.error_log()),
+    );
+    let fresh: Vec<i32> = nginx.worker_pids().into_iter().filter(|p| !old.contains(p)).collect();
+    // Until both new workers answered, while the slow request holds an old one.
+    let mut during = Tally::default();
+    for i in 0..3000 {
+        during.add(hit(nginx.port, &format!("b{}", i % 10), "hits"));
+        let seen = |p: &i32| during.ok_pids.contains(p) || during.refused_pids.contains(p);
+        if fresh.iter().all(seen) {
+            break;
+        }
+    }
+    assert!(old.iter().any(|p| alive(*p)), "the slow old worker drained too soon for this test");
+    // A new worker that claims while both old workers live, or after the idle one
+    // exited but its slot was adopted by the other new worker, finds no room.
+    let refused: Vec<i32> = fresh.iter().copied().filter(|p| during.refused_pids.contains(p)).collect();
+    assert!(!refused.is_empty(), "a new worker was refused a slot: {during:?}");
+    assert!(refused.iter().all(|p| !during.ok_pids.contains(p)), "a refused worker recorded: {during:?}");
+    assert!(during.refused_pids.iter().all(|p| fresh.contains(p)), "only new workers are refused: {during:?}");
+    let want = "cannot reserve 1280256 bytes for worker slot 3 in \"/dev/shm/shmetrics-sabotage\": No space left on device";
+    for why in &during.refused {
+        assert!(why.contains(want) && why.contains("this process records nothing"), "refusal {why:?}");
+    }
+    let slow = slow.join().unwrap().expect("the slow request is answered");
+    assert!(slow.trim_end().ends_with(" slow"), "{slow}");
+    nginx.wait_old_workers_gone(&old);
+    // A refused worker claims again (at most once a second) and adopts a slot an
+    // old worker left.
+    let mut after = Tally::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !refused.iter().all(|p| after.ok_pids.contains(p)) && std::time::Instant::now() < deadline {
+        after.add(hit(nginx.port, "c", "hits"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(refused.iter().all(|p| after.ok_pids.contains(p)), "a refused worker never got a slot: {after:?}");
+    let exp = scrape_or_reason(&nginx, "rendering failed").expect("a scrape");
+    assert_eq!(total(&exp, "sab_hits_total"), (t.ok + during.ok + after.ok) as f64);
+    assert_eq!(errors(&exp, "no_slot"), (during.refused.len() + after.refused.len()) as f64);
+    assert_eq!(nginx.error_log().matches(want).count(), refused.len(), "logged once a worker:\n{}", nginx.error_log());
+    report!(
+        "reload on a full /dev/shm with a draining worker: {} counted, {} refused then adopted",
+        during.ok + after.ok,
+        during.refused.len() + after.refused.len()
+    );
+    assert_survived(&nginx);
+    let _ = fs::remove_file(filler);
+}
+
+/// The region file replaced (another file renamed over its path), then a
+/// reload: refused with the reason; the workers keep counting into the mapped
+/// file and scrapes keep serving it.
+#[test]
+fn replaced_region_then_reload() {
+    let nginx = Nginx::start("sabotage", &vars("64m", "2", MASTER_INIT, ""));
+    for i in 0..50 {
+        assert!(hit(nginx.port, &format!("r{}", i % 5), "hits").is_ok());
+    }
+    let other = nginx.ns_path("/dev/shm/other");
+    fs::write(&other, b"not a region").unwrap();
+    fs::rename(&other, nginx.ns_path(REGION)).unwrap();
+    let workers = nginx.worker_pids();
+    signal(nginx.master_pid(), libc::SIGHUP).expect("SIGHUP");
+    wait_log(
+        &nginx,
+        &format!("the region file \"{REGION}\" was replaced by another file while nginx ran; a reload cannot switch files: restart nginx"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(nginx.worker_pids(), workers, "a failed reload keeps the old workers");
+    for i in 0..50 {
+        assert!(hit(nginx.port, &format!("r{}", i % 5), "hits").is_ok());
+    }
+    let exp = scrape_or_reason(&nginx, "rendering failed").expect("the mapped region is still served");
+    assert_eq!(total(&exp, "sab_hits_total"), 100.0);
+    assert_survived(&nginx);
+}
+
 /// The region file cut to 0 bytes while nginx runs. A reload fails with the
 /// reason and restores the file's size, so the running workers do not crash;
 /// scrapes answer 500 with the reason; cutting it again is healed by the next
