@@ -393,9 +393,19 @@ fn truncated_region_then_reload() {
     assert_eq!(fs::metadata(&file).unwrap().len(), len, "the master restored the size");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(nginx.worker_pids(), workers, "a failed reload keeps the old workers, starts none");
-    // The workers write into the restored pages: counted, no crash.
+    // The workers write into the restored pages, no crash. A label set a worker
+    // has cached is counted (into zeroed cells); one it must look up finds a
+    // zeroed registry and is refused with the reason.
+    let mut t = Tally::default();
     for i in 0..100 {
-        assert!(hit(nginx.port, &format!("t{}", i % 5), "hits").is_ok());
+        t.add(hit(nginx.port, &format!("t{}", i % 5), "hits"));
+    }
+    for w in 0..4 {
+        t.add(hit(nginx.port, &format!("unseen{w}"), "hits"));
+    }
+    assert!(t.refused.len() >= 4, "label sets never seen are refused: {t:?}");
+    for why in &t.refused {
+        assert_eq!(why, "sab_hits_total: no family with id 0", "refusal after the cut");
     }
     let overwritten = format!("rendering failed: the region file \"{REGION}\" was overwritten while nginx ran (wrong magic");
     assert!(scrape_or_reason(&nginx, &overwritten).is_none(), "a zeroed region is not served");
@@ -405,7 +415,9 @@ fn truncated_region_then_reload() {
     assert!(scrape_or_reason(&nginx, "rendering failed: the region file \"/dev/shm/shmetrics-sabotage\" was cut to 4096 bytes").is_none());
     assert_eq!(fs::metadata(&file).unwrap().len(), len, "the scrape restored the size");
     for i in 0..100 {
-        assert!(hit(nginx.port, &format!("t{}", i % 5), "hits").is_ok());
+        if let Err((_, why)) = hit(nginx.port, &format!("t{}", i % 5), "hits") {
+            assert_eq!(why, "sab_hits_total: no family with id 0", "refusal after the second cut");
+        }
     }
     // A second reload is refused on the zeroed header.
     signal(nginx.master_pid(), libc::SIGHUP).expect("SIGHUP");
