@@ -325,8 +325,13 @@ impl Nginx {
         loop {
             if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
                 nginx.child = None;
-                let log = nginx.error_log();
+                let mut log = nginx.error_log();
                 let in_use = log.contains("Address already in use");
+                // What went to stderr (nginx before its log is open, or `unshare`).
+                let stderr = fs::read_to_string(nginx.prefix.join("logs").join("stderr.log")).unwrap_or_default();
+                if !stderr.trim().is_empty() {
+                    log = format!("{log}--- stderr ---\n{stderr}");
+                }
                 return Err((format!("nginx exited during start-up ({status}); error.log:\n{log}"), in_use));
             }
             let listening = ports.iter().all(|&p| {
