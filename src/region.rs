@@ -276,7 +276,8 @@ fn reserve(fd: libc::c_int, base: *mut u8, start: u64, len: u64) -> Result<(), s
             _ => return Err(e),
         }
     }
-    let page = 4096;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
     let from = start / page * page;
     loop {
         // SAFETY: `base` is a mapping of the whole file and `from..start + len` lies
@@ -353,6 +354,9 @@ fn random_seed() -> u64 {
     seed
 }
 
+/// A new file's mapping, its length, the descriptor kept open, and (device, inode).
+type Made = (*mut u8, usize, libc::c_int, (u64, u64));
+
 /// Builds a new file next to `path` and renames it into place, so that a process
 /// opening `path` concurrently sees either the old file or a complete new one.
 fn create(
@@ -361,7 +365,7 @@ fn create(
     params: &Params,
     off: &Offsets,
     origin: u32,
-) -> Result<(*mut u8, usize, libc::c_int, (u64, u64)), Error> {
+) -> Result<Made, Error> {
     let tmp = PathBuf::from(format!("{}.tmp.{}", path.display(), std::process::id()));
     let ctmp = cpath(&tmp)?;
     // SAFETY: valid NUL-terminated path; a stale temporary of ours may be removed.
