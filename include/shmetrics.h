@@ -130,8 +130,9 @@ int32_t shmetrics_open(const char *path,
 /*
  Defines a metric family (or finds the identical existing one) and returns its id.
  `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
- `max_series` limits the family's label sets (0: no limit of its own); beyond
- it, updates go to one overflow series whose label values are all `__overflow__`.
+ `max_series` limits the family's label sets (0: the default limit, a quarter of
+ the region's `max_series` and at least 1,000); beyond it, updates go to one
+ overflow series whose label values are all `__overflow__`.
 
  # Safety
  Every pointer/length pair must describe readable memory; `labels`/`label_lens` hold `nlabels` entries.

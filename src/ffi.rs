@@ -219,8 +219,9 @@ pub unsafe extern "C" fn shmetrics_open(
 
 /// Defines a metric family (or finds the identical existing one) and returns its id.
 /// `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
-/// `max_series` limits the family's label sets (0: no limit of its own); beyond
-/// it, updates go to one overflow series whose label values are all `__overflow__`.
+/// `max_series` limits the family's label sets (0: the default limit, a quarter of
+/// the region's `max_series` and at least 1,000); beyond it, updates go to one
+/// overflow series whose label values are all `__overflow__`.
 ///
 /// # Safety
 /// Every pointer/length pair must describe readable memory; `labels`/`label_lens` hold `nlabels` entries.
@@ -258,6 +259,8 @@ pub unsafe extern "C" fn shmetrics_family(
             } else {
                 unsafe { std::slice::from_raw_parts(bounds, nbounds as usize) }
             };
+            // 0: the default limit, so that no family can take every series.
+            let max_series = if max_series == 0 { r.params.default_family_cap() } else { max_series };
             let def = store::FamilyDef { kind, name, help, labels: &labels, bounds, max_series };
             Ok(r.define_family(&def)? as i32)
         };
@@ -451,6 +454,8 @@ pub unsafe extern "C" fn shmetrics_render_open(
             if out.is_null() {
                 return Err(Error::invalid("bad argument \"out\": NULL".into()));
             }
+            // A file cut short or overwritten under us is not read (see check_mapped).
+            r.check_mapped()?;
             let fmt = match format {
                 SHMETRICS_FORMAT_TEXT | SHMETRICS_FORMAT_JSON => Format::Text004,
                 SHMETRICS_FORMAT_OPENMETRICS => Format::OpenMetrics,

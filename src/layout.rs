@@ -211,7 +211,10 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Params {
-            max_series: 100_000,
+            // 20,000 series, 8 cells each: 1.22 MiB of cells per worker process and
+            // 4.7 MiB for the rest, so a default region fits Docker's 64 MiB
+            // /dev/shm with dozens of workers (docs/layout.md §7 has the formula).
+            max_series: 20_000,
             max_families: 1024,
             max_slots: 64,
             max_label_bytes: 1024,
@@ -251,6 +254,27 @@ impl Params {
             self.arena_bytes = 64 * 1024 + self.max_series as u64 * 128;
         }
         self
+    }
+
+    /// The cardinality limit of a family defined without one of its own: a
+    /// quarter of `max_series`, at least 1,000 (so small registries keep the
+    /// plain "store full" behaviour). One family fed unbounded label values then
+    /// fills its overflow series instead of every other family's room.
+    pub fn default_family_cap(&self) -> u32 {
+        (self.max_series / 4).max(1000)
+    }
+
+    /// Bytes of one slot's cell array.
+    pub fn slot_bytes(&self) -> u64 {
+        self.max_cells as u64 * 8
+    }
+
+    /// Bytes reserved when the file is created or attached: everything before the
+    /// cells, and slot 0's cells (the gauges' shared stamps, written by every
+    /// worker). Each writer process reserves [`slot_bytes`](Self::slot_bytes) more
+    /// when it claims its slot.
+    pub fn reserved_at_init(&self) -> u64 {
+        self.offsets().cells + self.slot_bytes()
     }
 
     /// Checks the limits; returns the name of the offending option and why.

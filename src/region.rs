@@ -9,6 +9,7 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -34,6 +35,14 @@ pub enum Opened {
 pub struct Region {
     base: *mut u8,
     len: usize,
+    /// The file's descriptor, kept open for the life of the process (never closed).
+    /// The workers inherit it across fork with the mapping, so a worker reserves
+    /// its slot's cells with `fallocate` on it, and the master checks the file
+    /// (`fstat`, `pread`) on a reload, without reopening the path: workers run as
+    /// another user and could not, and the path may name another file by then.
+    fd: libc::c_int,
+    /// Device and inode of the file that was mapped, to tell a replaced file.
+    dev_ino: (u64, u64),
     pub path: PathBuf,
     pub params: Params,
     pub off: Offsets,
@@ -73,6 +82,7 @@ pub fn open(path: &Path, params: Params, reset: bool) -> Result<(&'static Region
                 r.params
             )));
         }
+        r.check_on_reload()?;
         return Ok((r, Opened::Reused));
     }
     let (region, opened) = map_file(path, params, reset)?;
@@ -123,9 +133,17 @@ fn check_owner(fd: libc::c_int, path: &Path) -> Result<libc::stat, Error> {
 }
 
 struct Fd(libc::c_int);
+impl Fd {
+    /// Hands the descriptor over to a [`Region`], which keeps it open.
+    fn keep(self) -> libc::c_int {
+        let fd = self.0;
+        std::mem::forget(self);
+        fd
+    }
+}
 impl Drop for Fd {
     fn drop(&mut self) {
-        // SAFETY: we own this descriptor; the mapping, once made, does not need it.
+        // SAFETY: we own this descriptor and nothing kept it (see `keep`).
         unsafe { libc::close(self.0) };
     }
 }
@@ -143,7 +161,14 @@ fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened)
             match validate_existing(fd.0, st.st_size as u64, &params, &off) {
                 Ok(()) => {
                     let base = mmap(fd.0, off.total as usize, path)?;
-                    let r = Region::new(base, off.total as usize, path, params, off);
+                    // The file may be sparse (another build made it, or pages were
+                    // dropped): reserve before the header is read through the mapping.
+                    if let Err(e) = reserve(fd.0, base, 0, params.reserved_at_init()) {
+                        // SAFETY: `base` is the mapping made just above, not shared yet.
+                        unsafe { libc::munmap(base.cast(), off.total as usize) };
+                        return Err(no_room(path, &params, fd.0, e));
+                    }
+                    let r = Region::new(base, off.total as usize, fd.keep(), (st.st_dev, st.st_ino), path, params, off);
                     r.check_counters()?;
                     return Ok((r, Opened::Attached));
                 }
@@ -166,8 +191,8 @@ fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened)
         recreated = Some((ORIGIN_RESET, "the reset option was given".to_string()));
     }
     let origin = recreated.as_ref().map_or(ORIGIN_NEW, |r| r.0);
-    let (base, len) = create(path, &c, &params, &off, origin)?;
-    let r = Region::new(base, len, path, params, off);
+    let (base, len, fd, dev_ino) = create(path, &c, &params, &off, origin)?;
+    let r = Region::new(base, len, fd, dev_ino, path, params, off);
     Ok((r, recreated.map_or(Opened::Created, |r| Opened::Recreated(r.1))))
 }
 
@@ -228,6 +253,75 @@ fn validate_existing(fd: libc::c_int, size: u64, params: &Params, off: &Offsets)
     Ok(())
 }
 
+/// Makes the file system back bytes `start..start + len` of the file now, so that
+/// no later touch of those pages through the mapping at `base` can fault (on a
+/// full tmpfs a fault that cannot get a page is SIGBUS, which kills the process).
+///
+/// `fallocate` on the descriptor: it allocates without writing, so it is safe on
+/// ranges other processes are writing through the mapping, and a failure leaves
+/// no half-reserved range behind on tmpfs. File systems without it get
+/// `MADV_POPULATE_WRITE` (Linux 5.14), which faults the pages in for writing and
+/// reports a failure as an error instead of a signal; on older kernels such a
+/// file system is left as it is (nothing more can be done without writing).
+fn reserve(fd: libc::c_int, base: *mut u8, start: u64, len: u64) -> Result<(), std::io::Error> {
+    loop {
+        // SAFETY: `fd` is an open descriptor of ours; fallocate reads no memory.
+        if unsafe { libc::fallocate(fd, 0, start as libc::off_t, len as libc::off_t) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) => break,
+            _ => return Err(e),
+        }
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let from = start / page * page;
+    loop {
+        // SAFETY: `base` is a mapping of the whole file and `from..start + len` lies
+        // inside it; MADV_POPULATE_WRITE changes no byte of it.
+        let r = unsafe {
+            libc::madvise(base.add(from as usize).cast(), (start + len - from) as usize, libc::MADV_POPULATE_WRITE)
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EINVAL) => return Ok(()),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Free bytes (for unprivileged users) on the file system holding `fd`'s file.
+fn free_bytes(fd: libc::c_int) -> Option<u64> {
+    // SAFETY: `st` is a plain C struct that fstatvfs fills; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` a valid out-pointer.
+    if unsafe { libc::fstatvfs(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The error `init` raises when the region cannot be reserved: what, where, how
+/// much, and the fixes.
+fn no_room(path: &Path, params: &Params, fd: libc::c_int, e: std::io::Error) -> Error {
+    let free = free_bytes(fd).map_or("an unknown number of".to_string(), |b| b.to_string());
+    Error::Io(format!(
+        "cannot reserve {} bytes for the region \"{}\": {e}; the file system holding it has {free} bytes free \
+         (each worker process later reserves {} bytes more for its slot). Fixes: a larger /dev/shm \
+         (Docker: --shm-size), another `path` on a file system with room, or smaller max_series/max_slots",
+        params.reserved_at_init(),
+        path.display(),
+        params.slot_bytes()
+    ))
+}
+
 fn mmap(fd: libc::c_int, len: usize, path: &Path) -> Result<*mut u8, Error> {
     // SAFETY: mapping `len` bytes of a file we checked is at least `len` long.
     let p = unsafe {
@@ -260,9 +354,18 @@ fn random_seed() -> u64 {
     seed
 }
 
+/// A new file's mapping, its length, the descriptor kept open, and (device, inode).
+type Made = (*mut u8, usize, libc::c_int, (u64, u64));
+
 /// Builds a new file next to `path` and renames it into place, so that a process
 /// opening `path` concurrently sees either the old file or a complete new one.
-fn create(path: &Path, c: &CString, params: &Params, off: &Offsets, origin: u32) -> Result<(*mut u8, usize), Error> {
+fn create(
+    path: &Path,
+    c: &CString,
+    params: &Params,
+    off: &Offsets,
+    origin: u32,
+) -> Result<Made, Error> {
     let tmp = PathBuf::from(format!("{}.tmp.{}", path.display(), std::process::id()));
     let ctmp = cpath(&tmp)?;
     // SAFETY: valid NUL-terminated path; a stale temporary of ours may be removed.
@@ -297,6 +400,22 @@ fn create(path: &Path, c: &CString, params: &Params, off: &Offsets, origin: u32)
             return Err(e);
         }
     };
+    // Reserve before the first touch: on a full tmpfs, writing the header into
+    // a page the file system cannot back would kill the master with SIGBUS.
+    if let Err(e) = reserve(fd.0, base, 0, params.reserved_at_init()) {
+        // SAFETY: valid path; `base`/`total` are the mapping made above, unused.
+        unsafe {
+            libc::unlink(ctmp.as_ptr());
+            libc::munmap(base.cast(), off.total as usize);
+        }
+        return Err(no_room(path, params, fd.0, e));
+    }
+    // SAFETY: `st` is a plain C struct that fstat fills; zeroed is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` a valid out-pointer.
+    if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
+        return Err(errno_msg("cannot stat", &tmp));
+    }
     // SAFETY: the mapping is at least HEADER_BYTES long, page aligned, and zero
     // filled (fresh file); nobody else has it yet.
     let h = unsafe { &mut *(base as *mut Header) };
@@ -338,14 +457,24 @@ fn create(path: &Path, c: &CString, params: &Params, off: &Offsets, origin: u32)
         }
         return Err(e);
     }
-    Ok((base, off.total as usize))
+    Ok((base, off.total as usize, fd.keep(), (st.st_dev, st.st_ino)))
 }
 
 impl Region {
-    fn new(base: *mut u8, len: usize, path: &Path, params: Params, off: Offsets) -> Region {
+    fn new(
+        base: *mut u8,
+        len: usize,
+        fd: libc::c_int,
+        dev_ino: (u64, u64),
+        path: &Path,
+        params: Params,
+        off: Offsets,
+    ) -> Region {
         Region {
             base,
             len,
+            fd,
+            dev_ino,
             path: path.to_path_buf(),
             params,
             off,
@@ -372,6 +501,109 @@ impl Region {
             )));
         }
         Ok(())
+    }
+
+    /// Reserves slot `i`'s cells in the file before a process claims the slot
+    /// (see [`reserve`]). Reserving a range twice is harmless, so it is done before
+    /// the claim's compare-and-swap, whoever wins it.
+    pub fn reserve_slot(&self, i: u32) -> Result<(), Error> {
+        let bytes = self.params.slot_bytes();
+        let start = self.off.cells + i as u64 * bytes;
+        reserve(self.fd, self.base, start, bytes).map_err(|e| {
+            let free = free_bytes(self.fd).map_or("an unknown number of".to_string(), |b| b.to_string());
+            Error::NoSlot(format!(
+                "cannot reserve {bytes} bytes for worker slot {i} in \"{}\": {e} ({free} bytes free there); \
+                 this process records nothing. Fixes: a larger /dev/shm (Docker: --shm-size), \
+                 or smaller max_series",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// The size the file has now, through the kept descriptor.
+    fn file_size(&self) -> Result<u64, Error> {
+        // SAFETY: `st` is a plain C struct that fstat fills; zeroed is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `self.fd` stays open for the life of the process; `st` is valid.
+        if unsafe { libc::fstat(self.fd, &mut st) } != 0 {
+            return Err(errno_msg("cannot stat", &self.path));
+        }
+        Ok(st.st_size as u64)
+    }
+
+    /// Checks, without touching the mapping, that the file is still as long as the
+    /// mapping. A file cut short (`truncate`, `> file`) would make every touch of
+    /// the lost pages SIGBUS: this gives the file its size back and reserves the
+    /// header, registries, arena and slot 0 again, so that the running processes
+    /// do not crash; the counts are lost all the same (the pages come back as
+    /// zeros), and the error says so.
+    ///
+    /// The workers' own slots are not reserved again: which slots were claimed
+    /// was in the lost pages, and reserving all of them could fill the file
+    /// system for nothing. Their pages come back on the workers' next writes,
+    /// which succeed unless the file system was filled in the meantime.
+    pub fn check_size(&self) -> Result<(), Error> {
+        let size = self.file_size()?;
+        if size >= self.len as u64 {
+            return Ok(());
+        }
+        // SAFETY: `self.fd` is open for writing; the length was valid at creation.
+        let grown = unsafe { libc::ftruncate(self.fd, self.len as libc::off_t) } == 0;
+        let done = if !grown {
+            "its size could not be restored: processes touching the lost pages will crash".to_string()
+        } else if let Err(e) = reserve(self.fd, self.base, 0, self.params.reserved_at_init()) {
+            format!("its size was restored, but its registries could not be reserved again ({e})")
+        } else {
+            "its size was restored and its registries reserved again, so running workers do not crash".to_string()
+        };
+        Err(Error::Io(format!(
+            "the region file \"{}\" was cut to {size} bytes while nginx ran (it is {} bytes); \
+             {done}; its counts are lost: restart nginx to start a fresh region",
+            self.path.display(),
+            self.len
+        )))
+    }
+
+    /// Checks the file behind the mapping without touching the mapping: as long
+    /// as the mapping ([`check_size`](Self::check_size)), and its header (read
+    /// with `pread`) still the one this process attached. Run before each scrape
+    /// and each slot claim, and on reload: a region that fails is not read.
+    pub fn check_mapped(&self) -> Result<(), Error> {
+        self.check_size()?;
+        if let Err((_, why)) = validate_existing(self.fd, self.len as u64, &self.params, &self.off) {
+            return Err(Error::Io(format!(
+                "the region file \"{}\" was overwritten while nginx ran ({why}); \
+                 restart nginx (with the reset option, or after removing the file)",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the master checks when `init` finds this region mapped already (a
+    /// reload), before it touches the mapping: [`check_mapped`](Self::check_mapped),
+    /// the path still names the mapped file, and the allocation counters are
+    /// within the capacities. Any failure fails the reload: nginx keeps serving
+    /// with the old configuration and its workers.
+    fn check_on_reload(&self) -> Result<(), Error> {
+        self.check_mapped()?;
+        let restart = "a reload cannot switch files: restart nginx";
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.dev_ino => {}
+            Ok(_) => {
+                return Err(Error::Io(format!(
+                    "the region file \"{}\" was replaced by another file while nginx ran; {restart}",
+                    self.path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Io(format!(
+                    "the region file \"{}\" was removed while nginx ran ({e}); {restart}",
+                    self.path.display()
+                )))
+            }
+        }
+        self.check_counters()
     }
 
     pub fn header(&self) -> &Header {

@@ -131,9 +131,13 @@ impl Region {
         if mine != 0 && mine >> 32 == pid {
             return Ok((mine & 0xffff_ffff) as u32);
         }
+        // Nothing of the file is touched before it is known to be whole.
+        self.check_mapped()?;
         let me = my_owner_word();
         let n = self.params.max_slots;
-        let take = |i: u32, old: u64| -> bool {
+        let take = |i: u32, old: u64| -> Result<bool, Error> {
+            // Reserve the slot's cells before it can be ours: every update writes them.
+            self.reserve_slot(i)?;
             // AcqRel: Acquire so the previous owner's cell stores happen-before our
             // own read-modify-writes of them; Release publishes the claim.
             let ok = self
@@ -145,16 +149,16 @@ impl Region {
                 self.slot(i).claims.fetch_add(1, Ordering::Relaxed);
                 self.my_slot.store((pid << 32) | i as u64, Ordering::Relaxed);
             }
-            ok
+            Ok(ok)
         };
         for i in 1..n {
             let o = self.slot(i).owner.load(Ordering::Acquire);
-            if o != 0 && o != me && !owner_alive(o) && take(i, o) {
+            if o != 0 && o != me && !owner_alive(o) && take(i, o)? {
                 return Ok(i);
             }
         }
         for i in 1..n {
-            if self.slot(i).owner.load(Ordering::Relaxed) == 0 && take(i, 0) {
+            if self.slot(i).owner.load(Ordering::Relaxed) == 0 && take(i, 0)? {
                 return Ok(i);
             }
         }

@@ -190,7 +190,7 @@ fn abi_version_agrees_with_constant_and_lua_module() {
 fn lua_constants_mirror_the_library() {
     use shmetrics::layout::{CELL_ERRORS, CELL_GAUGE_SEQ, STAMP_SLOTS};
     let src = lua_source();
-    let want: [(&str, i64); 13] = [
+    let want: [(&str, i64); 14] = [
         ("E_LABEL_COUNT", SHMETRICS_E_LABEL_COUNT as i64),
         ("E_LABEL_TOO_LONG", SHMETRICS_E_LABEL_TOO_LONG as i64),
         ("E_FULL", SHMETRICS_E_FULL as i64),
@@ -204,6 +204,7 @@ fn lua_constants_mirror_the_library() {
         ("CELL_GAUGE_SEQ", CELL_GAUGE_SEQ as i64),
         ("CELL_ERRORS", CELL_ERRORS as i64),
         ("STAMP_SLOTS", STAMP_SLOTS as i64),
+        ("DEFAULT_MAX_SLOTS", shmetrics::layout::Params::default().max_slots as i64),
     ];
     for (name, v) in want {
         assert_eq!(lua_const(&src, name), v, "Lua {name}");

@@ -50,10 +50,16 @@ const PIN_CELLS_GAUGE: u64 = 4;
 const PIN_CELLS_HISTOGRAM_19: u64 = 21; // 19 buckets + +Inf + sum
 /// Bytes for 100,000 such counters at 3 slots (2 workers): entry + index + key + cells.
 const PIN_COUNTER_100K_3_SLOTS: u64 = 2_400_000 + 1_048_576 + 4_400_000 + 2_400_000;
-/// The region file with default options (100,000 series, 64 slots, 8 cells and
-/// 128 arena bytes reserved a series): its apparent size. Sparse: tmpfs only
-/// holds the pages that are written.
-const PIN_DEFAULT_REGION_BYTES: u64 = 426_078_208;
+/// The region file with default options (20,000 series, 64 slots, 8 cells and
+/// 128 arena bytes reserved a series): its apparent size, what it would take with
+/// all 63 worker slots claimed.
+const PIN_DEFAULT_REGION_BYTES: u64 = 85_454_848;
+/// What a default `init` reserves (`fallocate`) at once: header, registries,
+/// arena and slot 0's cells. A default region must leave most of Docker's 64 MiB
+/// `/dev/shm` free.
+const PIN_DEFAULT_INIT_RESERVED: u64 = 4_798_720;
+/// What each worker process reserves more when it claims its slot (default sizes).
+const PIN_DEFAULT_SLOT_BYTES: u64 = 1_280_256;
 
 struct Shm(PathBuf);
 
@@ -137,8 +143,13 @@ fn shared_memory_per_series_is_pinned() {
         "{per_series} bytes a series is more than half of the pure-Lua library's {PURE_LUA_BYTES}"
     );
 
-    let default_total = Params::default().resolved().offsets().total;
-    assert_eq!(default_total, PIN_DEFAULT_REGION_BYTES, "the default region's reserved size changed");
+    let defaults = Params::default().resolved();
+    let default_total = defaults.offsets().total;
+    assert_eq!(default_total, PIN_DEFAULT_REGION_BYTES, "the default region's apparent size changed");
+    assert_eq!(defaults.reserved_at_init(), PIN_DEFAULT_INIT_RESERVED, "what a default init reserves changed");
+    assert_eq!(defaults.slot_bytes(), PIN_DEFAULT_SLOT_BYTES, "what a default worker slot reserves changed");
+    // A default init and 16 workers with 16 more draining after a reload fit in 64 MiB.
+    assert!(defaults.reserved_at_init() + 32 * defaults.slot_bytes() < 64 << 20);
 
     // The table for BENCHMARKS.md (scripts/bench.sh memory): "MEMORY|" rows.
     let idx = index_bytes(100_000);
@@ -162,8 +173,10 @@ fn shared_memory_per_series_is_pinned() {
         "MEMORY| index share by max_series: {:.1} B (a power of two ÷ 2) to {:.1} B (just above) | | | | | | | |",
         range.0, range.1
     );
-    let reserved = default_total as f64 / 100_000.0;
+    let reserved = default_total as f64 / defaults.max_series as f64;
     println!(
-        "MEMORY| reserved with default options (max_series 100,000, max_slots 64, 8 cells and 128 arena bytes a series): region file {default_total} B | 64 | | | | | {reserved:.0} (sparse: only written pages take memory) | |"
+        "MEMORY| default options (max_series 20,000, max_slots 64, 8 cells and 128 arena bytes a series): init reserves {} B, each worker {} B more; region file {default_total} B | 64 | | | | | {reserved:.0} (with every slot claimed) | |",
+        defaults.reserved_at_init(),
+        defaults.slot_bytes()
     );
 }

@@ -96,6 +96,8 @@ local KIND_GAUGE = 1
 local KIND_HISTOGRAM = 2
 
 local CELL_GAUGE_SEQ = 0
+-- The library's default max_slots (layout::Params::default), for the start-up warning.
+local DEFAULT_MAX_SLOTS = 64
 local CELL_ERRORS = 8
 local STAMP_SLOTS = 4096
 
@@ -333,8 +335,11 @@ local function attach_slot(self)
         if slot < 0 then
             local err = last_error(slot)
             reg.claim_failed_at = now
+            -- Logged once per reason: the refusals themselves are counted (no_slot).
+            if err ~= reg.claim_error then
+                log(ngx and ngx.ERR, "shmetrics: ", err)
+            end
             reg.claim_error = err
-            log(ngx and ngx.ERR, "shmetrics: ", err)
             return nil, err, R.no_slot
         end
         reg.slot = slot
@@ -398,8 +403,11 @@ local function resolve(self, lv)
         -- Over the family's max_series: counted in the overflow series, and
         -- not cached (the label sets beyond the limit are unbounded).
         warn_once(self, "overflow", str_format(
-            "%s: more than max_series=%d label sets; new ones are counted in the "
-            .. "series whose labels are all \"__overflow__\"", self.name, self.max_series))
+            "%s: more than %s label sets; new ones are counted in the "
+            .. "series whose labels are all \"__overflow__\"", self.name,
+            self.max_series > 0 and "max_series=" .. self.max_series
+            or "the default limit per metric (a quarter of init's max_series, at least 1000; "
+               .. "give the metric its own max_series to change it)"))
         return rc - SERIES_OVERFLOW
     end
     if n == 0 then
@@ -977,9 +985,41 @@ local OPTIONS = {
     lib_path = "string",
 }
 
+-- init() outside init_by_lua: each worker would open the file on its own, and
+-- two of them racing on its creation map different files (the counts split).
+-- A registry the master opened (inherited across fork) is returned as before.
+local function refuse_outside_init(name)
+    local p = phase()
+    if p == "init" or p == "standalone" or registries[name] then
+        return
+    end
+    error(str_format("shmetrics.init(\"%s\") called in %s: call it in init_by_lua, "
+                     .. "where the nginx master maps the region once for every worker; "
+                     .. "metric definitions (counter, gauge, histogram) may stay in "
+                     .. "init_worker_by_lua", tostring(name), p == "init_worker"
+                     and "init_worker_by_lua" or ("the " .. tostring(p) .. " phase")), 3)
+end
+
+-- Warns at start when the workers of two generations (the new ones and those
+-- draining after a reload) cannot all have a slot: the excess counts nothing.
+local function warn_slot_capacity(max_slots)
+    local workers = ngx and ngx.worker and ngx.worker.count and ngx.worker.count()
+    max_slots = (max_slots or 0) > 0 and max_slots or DEFAULT_MAX_SLOTS
+    if phase() ~= "init" or not workers or workers < 1 or 2 * workers <= max_slots - 1 then
+        return
+    end
+    log(ngx.WARN, str_format("shmetrics: max_slots = %d leaves %d worker slots for %d worker "
+                             .. "processes: with the old workers that drain after a reload, "
+                             .. "up to %d processes write at once, and updates in a process "
+                             .. "without a slot are not counted (no_slot); raise max_slots "
+                             .. "to at least %d", max_slots, max_slots - 1, workers,
+                             2 * workers, 2 * workers + 1))
+end
+
 --- shmetrics.init(name, options?) -> registry
 -- Call in init_by_lua (the master maps the region before forking the workers).
 function _M.init(name, opts)
+    refuse_outside_init(name)
     if type(name) ~= "string" or not str_find(name, "^[%w_.-]+$") or #name > 200 then
         error("bad argument \"name\": want at most 200 letters, digits, '_', '.', '-'", 2)
     end
@@ -1028,6 +1068,7 @@ function _M.init(name, opts)
         -- About half a millisecond of rendering on a 2-core VM (see BENCHMARKS.md).
         chunk_bytes = opts.chunk_bytes or 262144,
     }, Registry)
+    warn_slot_capacity(opts.max_slots)
     registries[name] = reg
     return reg
 end

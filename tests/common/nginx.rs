@@ -293,7 +293,12 @@ impl Nginx {
         }
 
         let stderr = fs::File::create(prefix.join("logs").join("stderr.log")).unwrap();
-        let mut cmd = Command::new(NGINX);
+        // `SHM_TMPFS` (a tmpfs size such as "256k"): nginx runs in a private mount
+        // namespace with a tmpfs of that size on /dev/shm (see `in_private_tmpfs`).
+        let mut cmd = match values.get("SHM_TMPFS") {
+            Some(size) => in_private_tmpfs(size),
+            None => Command::new(NGINX),
+        };
         cmd.args(["-p".as_ref(), prefix.as_os_str(), "-e".as_ref(), error_log.as_os_str(), "-c".as_ref(), conf.as_os_str()])
             .args(["-g", "daemon off;"])
             .stdin(Stdio::null())
@@ -325,8 +330,13 @@ impl Nginx {
         loop {
             if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
                 nginx.child = None;
-                let log = nginx.error_log();
+                let mut log = nginx.error_log();
                 let in_use = log.contains("Address already in use");
+                // What went to stderr (nginx before its log is open, or `unshare`).
+                let stderr = fs::read_to_string(nginx.prefix.join("logs").join("stderr.log")).unwrap_or_default();
+                if !stderr.trim().is_empty() {
+                    log = format!("{log}--- stderr ---\n{stderr}");
+                }
                 return Err((format!("nginx exited during start-up ({status}); error.log:\n{log}"), in_use));
             }
             let listening = ports.iter().all(|&p| {
@@ -476,6 +486,28 @@ impl Drop for Nginx {
         } else {
             let _ = fs::remove_dir_all(&self.prefix);
         }
+    }
+}
+
+/// A command that runs nginx (the arguments added to it) in a private mount
+/// namespace whose /dev/shm is a fresh tmpfs of `size`: small or full /dev/shm
+/// without touching the machine's. `unshare` and `sh` exec, so the child's pid
+/// is the nginx master's. The test reaches the tmpfs through
+/// `/proc/<master>/root/dev/shm` (see `Nginx::ns_path`). Needs root.
+fn in_private_tmpfs(size: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=\"$0\",mode=1777 tmpfs /dev/shm && exec \"$@\"")
+        .arg(size)
+        .arg(NGINX);
+    cmd
+}
+
+impl Nginx {
+    /// `path` as nginx sees it: through the master's root, which follows its
+    /// mount namespace (a private /dev/shm when started with `SHM_TMPFS`).
+    pub fn ns_path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.master))
     }
 }
 
