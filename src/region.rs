@@ -567,3 +567,24 @@ impl Region {
         a.store((old + v).to_bits(), Ordering::Relaxed);
     }
 }
+
+/// Unmaps a region this process opened and forgets it: `open` then maps its
+/// path afresh, and the list it searches stays short. Not for nginx (Lua keeps
+/// raw pointers into a region for the life of the process): for tests and
+/// fuzzing, which open thousands of regions in one process.
+///
+/// # Safety
+/// `r` must come from [`open`], and nothing may use it, a handle to it or a
+/// pointer into its mapping afterwards.
+#[doc(hidden)]
+pub unsafe fn forget(r: &'static Region) {
+    let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
+    regions.retain(|x| !std::ptr::eq(*x, r));
+    drop(regions);
+    // SAFETY: caller contract: the mapping `open` made for `r` and the box it
+    // leaked are used by nobody else now, and no longer listed.
+    unsafe {
+        libc::munmap(r.base.cast(), r.len);
+        drop(Box::from_raw(r as *const Region as *mut Region));
+    }
+}
