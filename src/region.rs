@@ -389,8 +389,8 @@ impl Region {
     /// In use: family and series records in a state only the library writes
     /// (live, deleted, orphan) or that an index points at; their arena ranges
     /// (name, HELP, label names, bounds, key) that lie inside the arena, and
-    /// their cells where a reader or writer would use them. Other garbage is
-    /// left to the readers, which skip it.
+    /// the cells of series of live families where a reader or writer would use
+    /// them. Other garbage is left to the readers, which skip it.
     fn check_counters_cover_records(&self) -> Result<(), Error> {
         let p = &self.params;
         let in_state = |state: &AtomicU32| {
@@ -451,6 +451,10 @@ impl Region {
             range(s.key_off, s.key_len);
             if s.family < p.max_families && s.cell >= RESERVED_CELLS {
                 let f = self.family(s.family);
+                // Acquire: as above. Only a live family's series are read or written.
+                if f.state.load(Ordering::Acquire) != STATE_LIVE {
+                    continue;
+                }
                 let need = crate::store::kind_cells(f);
                 let end = s.cell as u64 + need as u64;
                 if need <= f.ncells && end <= p.max_cells as u64 {
