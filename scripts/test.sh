@@ -29,7 +29,7 @@ else
 fi
 
 # Each fuzz target for a fixed number of inputs with a fixed seed, from the kept
-# seeds: the same inputs on every run (exploring is `make fuzz`).
+# seeds: repeatable (exploring is `make fuzz`; fuzz/README.md says what can vary).
 # SHMETRICS_SKIP_FUZZ=1 skips it.
 fuzz_rc=0
 if [ "${SHMETRICS_SKIP_FUZZ:-0}" != 1 ]; then
