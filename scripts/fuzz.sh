@@ -14,7 +14,7 @@
 # Environment:
 #   FUZZ_SECONDS     seconds per target when exploring (default 60)
 #   FUZZ_CHECK_RUNS  inputs per target with --check, as target=N pairs (default
-#                    "attach=8000 render=3000": about 15 s each on 2 cores)
+#                    "attach=8000 render=2000": about 15 s each on 2 cores)
 #   FUZZ_SEED        libFuzzer's -seed with --check (default 1)
 #   FUZZ_TARGETS     which targets (default: all of `cargo fuzz list`)
 #   FUZZ_SANITIZER   none (default: works on stable Rust) or address
@@ -52,7 +52,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
     echo "usage: scripts/fuzz.sh [seconds per target] | scripts/fuzz.sh --check" >&2
     exit 2
 fi
-check_runs=${FUZZ_CHECK_RUNS:-attach=8000 render=3000}
+check_runs=${FUZZ_CHECK_RUNS:-attach=8000 render=2000}
 seed=${FUZZ_SEED:-1}
 # Each sanitizer builds into its own directory: switching does not rebuild.
 args=(--sanitizer "$sanitizer" --target-dir "target/sanitizer-$sanitizer")
