@@ -40,8 +40,10 @@ demo: deps build
 # `scripts/bench.sh ops scrape` runs some sections; BENCH_QUICK=1 for a smoke run.
 bench: deps build
 	scripts/bench.sh
-# Fuzzing (cargo-fuzz, installed if missing): every target for FUZZ_SECONDS each (60).
-# `make test` runs each briefly too (15 s); crashers are kept in tests/fuzz_regressions.rs.
+# Fuzzing (cargo-fuzz, installed if missing): every target for FUZZ_SECONDS each (60),
+# growing fuzz/corpus. `make test` runs `scripts/fuzz.sh --check` instead: a fixed seed
+# and number of inputs from the kept seeds (repeatable); crashers are kept in
+# tests/fuzz_regressions.rs.
 fuzz:
 	scripts/fuzz.sh
 

@@ -170,6 +170,7 @@ fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened)
                     }
                     let r = Region::new(base, off.total as usize, fd.keep(), (st.st_dev, st.st_ino), path, params, off);
                     r.check_counters()?;
+                    r.check_counters_cover_records()?;
                     return Ok((r, Opened::Attached));
                 }
                 Err(why) => recreated = Some(why),
@@ -580,6 +581,112 @@ impl Region {
         Ok(())
     }
 
+    /// Refuses a file whose allocation counters are below what its records use
+    /// (corruption). The next family id, series id, arena bytes or cells handed
+    /// out would be ones in use, and writing them would change a record under
+    /// the workers that hold it: a histogram's record rewritten as another
+    /// family while Lua still observes into its series with the old bounds (and
+    /// writes past the cells a new series of the new kind gets), a family's
+    /// bounds or name overwritten by a new key, two series sharing cells. A file
+    /// this library wrote never looks so: every id, arena range and cell range
+    /// is taken from its counter before anything is written into it or points
+    /// at it.
+    ///
+    /// In use: family and series records in a state only the library writes
+    /// (live, deleted, orphan) or that an index points at; their arena ranges
+    /// (name, HELP, label names, bounds, key) that lie inside the arena, and
+    /// the cells of series of live families where a reader or writer would use
+    /// them. Other garbage is left to the readers, which skip it.
+    fn check_counters_cover_records(&self) -> Result<(), Error> {
+        let p = &self.params;
+        let in_state = |state: &AtomicU32| {
+            // Acquire: pairs with the creator's Release of the state (or of the
+            // index position below): its counters were taken before that, so
+            // the loads of the counters after this scan see them.
+            matches!(state.load(Ordering::Acquire), STATE_LIVE | STATE_DELETED | STATE_ORPHAN)
+        };
+        let mut fam_indexed = vec![false; p.max_families as usize];
+        let mut series_indexed = vec![false; p.max_series as usize];
+        for i in 0..self.off.family_index_cap {
+            // Acquire: as above (the index CAS publishing an entry is Release).
+            let v = self.family_index(i).load(Ordering::Acquire);
+            if v != 0 && v <= p.max_families {
+                fam_indexed[v as usize - 1] = true;
+            }
+        }
+        for i in 0..self.off.series_index_cap {
+            // Acquire: as above.
+            let v = self.series_index(i).load(Ordering::Acquire);
+            if v != 0 && v <= p.max_series {
+                series_indexed[v as usize - 1] = true;
+            }
+        }
+        let (mut families, mut series, mut arena, mut cells) = (0u32, 0u32, 0u64, 0u32);
+        let mut range = |off: u32, len: u32| {
+            let end = off as u64 + len as u64;
+            if len > 0 && end <= p.arena_bytes {
+                arena = arena.max(end);
+            }
+        };
+        for id in 0..p.max_families {
+            let f = self.family(id);
+            if !(fam_indexed[id as usize] || in_state(&f.state)) {
+                continue;
+            }
+            families = id + 1;
+            range(f.name_off, f.name_len);
+            // Relaxed: the Acquire above ordered the record's fields.
+            let h = f.help.load(Ordering::Relaxed);
+            range((h >> 32) as u32, h as u32);
+            let n = f.nlabels.min(MAX_LABELS as u32);
+            range(f.labels_off, n * 8);
+            for pair in self.arena(f.labels_off, n * 8).unwrap_or(&[]).chunks_exact(8) {
+                range(
+                    u32::from_le_bytes(pair[..4].try_into().unwrap()),
+                    u32::from_le_bytes(pair[4..].try_into().unwrap()),
+                );
+            }
+            range(f.bounds_off, f.nbounds.min(MAX_BUCKETS as u32) * 8);
+        }
+        for id in 0..p.max_series {
+            let s = self.series(id);
+            if !(series_indexed[id as usize] || in_state(&s.state)) {
+                continue;
+            }
+            series = id + 1;
+            range(s.key_off, s.key_len);
+            if s.family < p.max_families && s.cell >= RESERVED_CELLS {
+                let f = self.family(s.family);
+                // Acquire: as above. Only a live family's series are read or written.
+                if f.state.load(Ordering::Acquire) != STATE_LIVE {
+                    continue;
+                }
+                let need = crate::store::kind_cells(f);
+                let end = s.cell as u64 + need as u64;
+                if need <= f.ncells && end <= p.max_cells as u64 {
+                    cells = cells.max(end as u32);
+                }
+            }
+        }
+        let h = self.header();
+        // Acquire: after the scan, so that an entry another process published
+        // meanwhile is covered by the counters it took first.
+        let past = [
+            ("families_used", h.families_used.load(Ordering::Acquire) as u64, families as u64),
+            ("series_used", h.series_used.load(Ordering::Acquire) as u64, series as u64),
+            ("arena_used", h.arena_used.load(Ordering::Acquire), arena),
+            ("cells_used", h.cells_used.load(Ordering::Acquire) as u64, cells as u64),
+        ];
+        if let Some((name, have, want)) = past.iter().find(|(_, have, want)| have < want) {
+            return Err(Error::Io(format!(
+                "\"{}\" has allocation counters below what its records use (corrupt: {name} is {have}, \
+                 its records use {want}); remove it or use the reset option",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// What the master checks when `init` finds this region mapped already (a
     /// reload), before it touches the mapping: [`check_mapped`](Self::check_mapped),
     /// the path still names the mapped file, and the allocation counters are
@@ -694,5 +801,26 @@ impl Region {
         let a = unsafe { &*(self.cells(slot).add(idx as usize) as *const AtomicU64) };
         let old = f64::from_bits(a.load(Ordering::Relaxed));
         a.store((old + v).to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Unmaps a region this process opened and forgets it: `open` then maps its
+/// path afresh, and the list it searches stays short. Not for nginx (Lua keeps
+/// raw pointers into a region for the life of the process): for tests and
+/// fuzzing, which open thousands of regions in one process.
+///
+/// # Safety
+/// `r` must come from [`open`], and nothing may use it, a handle to it or a
+/// pointer into its mapping afterwards.
+#[doc(hidden)]
+pub unsafe fn forget(r: &'static Region) {
+    let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
+    regions.retain(|x| !std::ptr::eq(*x, r));
+    drop(regions);
+    // SAFETY: caller contract: the mapping `open` made for `r` and the box it
+    // leaked are used by nobody else now, and no longer listed.
+    unsafe {
+        libc::munmap(r.base.cast(), r.len);
+        drop(Box::from_raw(r as *const Region as *mut Region));
     }
 }

@@ -49,6 +49,14 @@ const ATTACH_CRASHERS: &[(&str, &[u8])] = &[
          (0x8), not NULL, for a histogram whose bounds cannot be read (ffi.rs)",
         b"\x81\x00\x62\x62\x62\x62\x62\x62\x62\x62\x62\x62\x62\x00\x00\x40\x6b\x02\xfd\x29\xd6\xd6\xd6\xd6\xd1\xf5\x29\xd6\xd6\xd6\xd6\x00\x00\x0b\xd6\xd6\xd6\xd6\x19",
     ),
+    (
+        "two families with one id: a file whose families_used (4) was below its live \
+         family 4 (the histogram \"size\") was attached, and the next new family took \
+         id 4 and overwrote that record (a gauge now) while the caller still wrote \
+         into it as a histogram (region.rs, open: counters below the records in use \
+         are now refused)",
+        b"\x01\x04\x01\x25\x04\x0b\x93\x08\x00\x00\xff\x2e\x0b\x00\x00\x0b\x00\x31\x00\x01\x04\x01\x45\xd5\xa4\xbf\x0b\xa4\x2f\x77\x68\x6d\x65\x74\x5f\x01\xa4\x00\x2f\x64\x29\xff\xff\x2a\xff\xff\x73\x2f\xe4\xff\x68\xa9\x76\x6d\x2f\x73\x65\x74\x5f\x01\xa4\x00\x2f\x64\x29\xff\x40\xff\x2a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x1b\x01\x06\x00\x1b\x01\x06\x3f\x00\x00\x00\x00\x01\x41\x00\x41\x00\x00\xdd\xb6\xb6\xb6\xb6\xb6\xb6\xb6\xb6\xb6\x01\x41\x00\x41\x00\x00\xdd\xff\xff",
+    ),
 ];
 
 fn run_logged(target: fn(&[u8]), what: &str, input: &[u8]) {
@@ -365,4 +373,60 @@ fn family_bounds_is_null_or_inside_the_region() {
     // SAFETY: live handle.
     let p = unsafe { shmetrics_family_bounds(m.r, *lat) };
     assert!(p.is_null(), "shmetrics_family_bounds of unreadable bounds: {p:?}");
+}
+
+/// Header offsets of the allocation counters (docs/layout.md).
+const FAMILIES_USED: usize = 192;
+const SERIES_USED: usize = 196;
+const CELLS_USED: usize = 200;
+const ARENA_USED: usize = 208;
+
+/// A file whose allocation counters are below what its records use was
+/// attached: the next family, series, arena bytes or cells handed out were ones
+/// in use. With `families_used` one short, defining a new family rewrote the
+/// last family's record (the histogram "size" became a gauge) under the caller
+/// that still observed into it with its bounds; with `arena_used` short a new
+/// key overwrote a family's bounds or the last key; with `cells_used` short two
+/// series shared cells. Such a file is refused, like counters beyond the
+/// capacities; one short of any counter is enough.
+#[test]
+fn counters_below_the_records_in_use_are_refused() {
+    let t = fuzz_bodies::template();
+    let refused = |what: &str, at: usize, wide: bool| {
+        for ffi in [false, true] {
+            let mut bytes = t.bytes.clone();
+            if wide {
+                let v = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+                bytes[at..at + 8].copy_from_slice(&(v - 1).to_le_bytes());
+            } else {
+                let v = u32_at(&bytes, at);
+                put_u32(&mut bytes, at, v - 1);
+            }
+            let path = fuzz_bodies::fresh_path("low-counter");
+            std::fs::write(&path, &bytes).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let opened = fuzz_bodies::open_region(&path, t.params, false, ffi);
+            let _ = std::fs::remove_file(&path);
+            match opened {
+                Ok((r, how)) => {
+                    // SAFETY: a fresh path opened once; `r` is not used after this.
+                    drop(unsafe { fuzz_bodies::Mapped::new(r) });
+                    panic!("{what} one short: attached ({how}), not refused");
+                }
+                Err((code, msg)) => {
+                    assert_eq!(code, SHMETRICS_E_IO, "{what}: {msg}");
+                    assert!(msg.contains("has allocation counters below what its records use"), "{what}: {msg}");
+                    assert!(msg.contains(what), "{what}: {msg}");
+                }
+            }
+        }
+    };
+    refused("families_used", FAMILIES_USED, false);
+    refused("series_used", SERIES_USED, false);
+    refused("cells_used", CELLS_USED, false);
+    refused("arena_used", ARENA_USED, true);
+    // The intact template attaches (the counters cover its records exactly).
+    let m = attach_patched("low-counter-intact", |_, _| {});
+    drop(m);
 }

@@ -8,17 +8,17 @@
 //! nothing but `shmetrics`, `libc` and `std`.
 //!
 //! Every input gets fresh region files (`/dev/shm/shmetrics-fuzz-*-<pid>-<n>`),
-//! unlinked right after they are opened. The library never unmaps a region (Lua
-//! holds raw pointers into it), so [`Mapped`] unmaps it when the input is done:
-//! otherwise a fuzzing process would run out of mappings after ~65,000 inputs.
-//! The path stays in the library's process-wide list (a few hundred bytes per
-//! input); it is never opened again.
+//! unlinked right after they are opened. The library never unmaps a region in
+//! nginx (Lua holds raw pointers into it), so [`Mapped`] hands it back with
+//! `region::forget` when the input is done: unmapped, and out of the list of
+//! paths `open` searches (otherwise a fuzzing process would slow down as that
+//! list grows, and run out of mappings after ~65,000 inputs).
 #![allow(dead_code, clippy::too_many_arguments, clippy::type_complexity)]
 // Suggestions that need a newer Rust than the crate's rust-version (1.81).
 #![allow(unknown_lints, clippy::manual_is_multiple_of, clippy::unnecessary_map_or)]
 #![allow(clippy::nonminimal_bool, clippy::should_implement_trait)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::c_char;
 use std::path::{Path, PathBuf};
 use std::ptr::{null, null_mut};
@@ -149,10 +149,12 @@ fn gen_f64(inp: &mut Input) -> f64 {
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A region file path no other input (or process) uses.
+/// A region file path no other input (or process) uses. Numbers are padded:
+/// every path (and every message naming it) has the same length in every
+/// process, so the coverage of an input does not depend on its pid.
 pub fn fresh_path(tag: &str) -> PathBuf {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    PathBuf::from(format!("/dev/shm/shmetrics-fuzz-{tag}-{}-{n}", std::process::id()))
+    PathBuf::from(format!("/dev/shm/shmetrics-fuzz-{tag}-{:010}-{n:012}", std::process::id()))
 }
 
 fn unlink(path: &Path) {
@@ -162,7 +164,7 @@ fn unlink(path: &Path) {
     let _ = std::fs::remove_file(tmp);
 }
 
-/// A region used by one input: unmapped when dropped. If it can, it also maps an
+/// A region used by one input: unmapped and forgotten by the library when dropped. If it can, it also maps an
 /// inaccessible page right after the region, so that a read or write past the
 /// end of the last slot's cells faults instead of landing in a neighbour.
 pub struct Mapped {
@@ -217,9 +219,24 @@ impl Drop for Mapped {
             if !self.guard.is_null() {
                 libc::munmap(self.guard, 4096);
             }
-            libc::munmap(self.base() as *mut libc::c_void, self.r.off.total as usize);
+            region::forget(self.r);
         }
     }
+}
+
+/// Replaces the random hash seed of a region just created by a fixed one, so
+/// that an input takes the same index positions, and so the same paths, in every
+/// process: a crash replays, and `make test`'s fixed-seed fuzzing repeats itself.
+///
+/// # Safety
+/// `r` must have been created by this process just now: nothing was hashed with
+/// its seed yet, and no other process maps it.
+pub unsafe fn fix_hash_seed(r: &'static Region) {
+    let back = r.off.cells as usize - std::mem::offset_of!(Header, hash_seed);
+    // SAFETY: the header's `hash_seed` field, reached from the raw pointer the
+    // library hands out for slot 0's cells (same mapping); 8-aligned; nobody
+    // reads it concurrently (caller contract).
+    unsafe { (r.cells(0) as *mut u8).sub(back).cast::<u64>().write_volatile(0x5EED_5EED_5EED_5EED) };
 }
 
 /// An error from the Rust API or the C ABI: the code and the message.
@@ -749,8 +766,10 @@ pub fn parse_exposition(body: &[u8], om: bool) -> Result<Vec<ExpoFamily>, String
     let text = text.strip_suffix('\n').ok_or("the body does not end with a newline")?;
     let lines: Vec<&str> = text.split('\n').collect();
     let mut fams: Vec<ExpoFamily> = Vec::new();
-    let mut owner: HashMap<String, String> = HashMap::new();
-    let mut series: HashSet<(String, Vec<(String, String)>)> = HashSet::new();
+    // Ordered sets, not hashed ones: std's hashers are randomly seeded, and
+    // their probing would make the coverage of one input differ between runs.
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut series: BTreeSet<(String, Vec<(String, String)>)> = BTreeSet::new();
     let mut i = 0;
     while i < lines.len() {
         let at = |i: usize| format!("line {}: {:?}", i + 1, lines[i]);
@@ -1950,6 +1969,8 @@ pub fn render_target(data: &[u8]) {
     unlink(&path);
     let (r, how) = opened.unwrap_or_else(|e| panic!("creating {}: {e:?}", path.display()));
     assert_eq!(how, SHMETRICS_OPEN_CREATED, "a fresh path was not created");
+    // SAFETY: created just now, nothing in it yet.
+    unsafe { fix_hash_seed(r) };
     // SAFETY: a fresh path, opened once; `r` is not used after `_m` is dropped.
     let _m = unsafe { Mapped::new(r) };
     let slot = claim(r, inp.bool()).expect("claiming a slot in a fresh region");
@@ -2089,6 +2110,8 @@ fn build_template() -> Template {
     let path = fresh_path("template");
     let opened = open_region(&path, p, false, false);
     let (r, _) = opened.unwrap_or_else(|e| panic!("creating the template {}: {e:?}", path.display()));
+    // SAFETY: created just now, nothing in it yet.
+    unsafe { fix_hash_seed(r) };
     // SAFETY: a fresh path, opened once; `r` is not used after `m` is dropped.
     let m = unsafe { Mapped::new(r) };
     let defs = [
@@ -2530,6 +2553,10 @@ pub fn attach_target(data: &[u8]) {
             return;
         }
     };
+    if how != SHMETRICS_OPEN_ATTACHED {
+        // SAFETY: created (or recreated) just now, nothing in it yet.
+        unsafe { fix_hash_seed(r) };
+    }
     // SAFETY: a fresh path, opened once; `r` is not used after `m` is dropped.
     let m = unsafe { Mapped::new(r) };
     let regular = kind < 5 && flags & 0x08 == 0;
