@@ -271,7 +271,8 @@ impl Region {
         let rec = self.family_check(fam)?;
         let bad = |why: String| self.corrupt(CORRUPT_FAMILY, fam, &format!("family record {fam}: {why}"));
         let name = match self.arena_copy(rec.name_off, rec.name_len) {
-            Some(n) if n.len() <= MAX_NAME_BYTES && expo::is_valid_metric_name(&n) => n,
+            // Not a self-metric's prefix either (refused at definition).
+            Some(n) if n.len() <= MAX_NAME_BYTES && expo::is_valid_metric_name(&n) && !n.starts_with(b"shmetrics_") => n,
             Some(_) => return Err(bad("its name is not a valid metric name".into())),
             None => return Err(bad(format!("its name ({} bytes at {}) is outside the arena", rec.name_len, rec.name_off))),
         };
@@ -286,7 +287,12 @@ impl Region {
             let off = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             let len = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
             match self.arena_copy(off, len) {
-                Some(l) if l.len() <= MAX_NAME_BYTES && expo::is_valid_label_name(&l) && !labels.contains(&l) => {
+                Some(l)
+                    if l.len() <= MAX_NAME_BYTES
+                        && expo::is_valid_label_name(&l)
+                        && !labels.contains(&l)
+                        && !(rec.kind == KIND_HISTOGRAM && l == b"le") =>
+                {
                     labels.push(l)
                 }
                 _ => return Err(bad(format!("label name #{} is not a valid label name", labels.len() + 1))),

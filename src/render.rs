@@ -13,6 +13,7 @@ use crate::expo::{self, Format};
 use crate::json;
 use crate::layout::*;
 use crate::region::Region;
+use crate::store;
 
 pub struct Render {
     region: &'static Region,
@@ -102,6 +103,7 @@ impl Render {
         // itself was read once, when each series was new.
         let mut groups = Vec::new();
         let mut views = Vec::new();
+        let mut exposed = std::collections::HashSet::new();
         let mut order = Vec::with_capacity(scan.listed);
         for fam in 0..nfam.min(scan.by_family.len() as u32) {
             let list = &scan.by_family[fam as usize];
@@ -117,6 +119,18 @@ impl Render {
             if !filter.wants(&view.name, view.kind) {
                 continue;
             }
+            // Two families exposing one name (a name changed in the file)
+            // would make Prometheus drop the scrape: the later one is skipped.
+            let names = store::exposed_names(&view.name, view.kind);
+            if let Some(clash) = names.iter().find(|n| exposed.contains(*n)) {
+                let _ = region.corrupt(
+                    CORRUPT_FAMILY,
+                    fam,
+                    &format!("family record {fam}: another family already exposes \"{}\"", String::from_utf8_lossy(clash)),
+                );
+                continue;
+            }
+            exposed.extend(names);
             groups.push((fam, order.len(), order.len() + list.len()));
             views.push(view);
             order.extend_from_slice(list);
@@ -197,7 +211,6 @@ impl Render {
         let r = self.region;
         let (fam, start, end) = self.groups[self.group];
         let view = std::mem::replace(&mut self.views[self.group], FamView::empty());
-        let f = r.family(fam);
         let label_names = &view.labels;
         let bounds = view.bounds.as_slice();
         if self.pos <= start {
@@ -215,7 +228,7 @@ impl Render {
             self.buf.extend_from_slice(b",\"type\":\"");
             self.buf.extend_from_slice(type_name.as_bytes());
             self.buf.extend_from_slice(b"\",\"help\":");
-            json::write_string(&mut self.buf, r.fam_help(f));
+            json::write_string(&mut self.buf, r.fam_help(r.family(fam)));
             self.buf.extend_from_slice(b",\"labels\":[");
             for (i, l) in label_names.iter().enumerate() {
                 if i > 0 {
@@ -283,7 +296,6 @@ impl Render {
             }
             self.buf.push(b'}');
         }
-        let _ = f;
         self.views[self.group] = view;
         if self.pos >= end {
             self.buf.extend_from_slice(b"]}");
@@ -336,7 +348,6 @@ impl Render {
         let r = self.region;
         let (fam, start, end) = self.groups[self.group];
         let view = std::mem::replace(&mut self.views[self.group], FamView::empty());
-        let f = r.family(fam);
         let (family_name, sample_name) = om_names(as_str(&view.name), view.kind, self.fmt);
         let name = sample_name.as_str();
         if self.pos <= start {
@@ -346,7 +357,7 @@ impl Render {
                 KIND_GAUGE => "gauge",
                 _ => "histogram",
             };
-            expo::write_family_header(&mut self.buf, self.fmt, &family_name, r.fam_help(f), type_name);
+            expo::write_family_header(&mut self.buf, self.fmt, &family_name, r.fam_help(r.family(fam)), type_name);
         }
         let label_names: Vec<&str> = view.labels.iter().map(|l| as_str(l)).collect();
         let bounds = view.bounds.as_slice();
@@ -410,7 +421,6 @@ impl Render {
             }
         }
         drop(cache);
-        let _ = f;
         self.views[self.group] = view;
         if self.pos >= end {
             self.group += 1;
