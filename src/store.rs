@@ -327,8 +327,8 @@ impl Region {
             CORRUPT_INDEX,
             FAMILY_INDEX_TAG | INDEX_FULL_TAG,
             &format!(
-                "the family index has no free entry, yet {used} of its {} entries can be in use",
-                self.params.max_families
+                "the family index ({} entries) has no free entry, yet {used} families are used (at most {})",
+                self.off.family_index_cap, self.params.max_families
             ),
         ))
     }
@@ -375,8 +375,8 @@ impl Region {
             CORRUPT_INDEX,
             INDEX_FULL_TAG,
             &format!(
-                "the series index has no free entry, yet {used} of its {} entries can be in use",
-                self.params.max_series
+                "the series index ({} entries) has no free entry, yet {used} series are used (at most {})",
+                self.off.series_index_cap, self.params.max_series
             ),
         )
     }
