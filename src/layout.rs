@@ -63,7 +63,7 @@ const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= RESERVED_CELLS as 
 
 /// Reserved cells `CELL_CORRUPT + what`: records of a corrupt file that this
 /// process found and skipped, by what failed a check (layout 1.1).
-pub const CELL_CORRUPT: u32 = 20;
+pub const CELL_CORRUPT: u32 = 28;
 /// What a corrupt record was: label values of `shmetrics_region_corrupt_total{what}`.
 pub const CORRUPT_WHAT: [&str; 4] = ["family", "series", "index", "header"];
 pub const CORRUPT_FAMILY: u32 = 0;
