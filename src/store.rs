@@ -336,35 +336,27 @@ impl Region {
     /// Whether family index entry `v` (at `pos`) names a family id handed out;
     /// reports it as corrupt if not.
     fn family_entry_ok(&self, pos: u32, v: u32) -> bool {
-        // Loaded after the entry (Acquire): an id was handed out before its
-        // entry was published, so a sound entry is always below this count.
-        let used = self.header().families_used.load(Ordering::Relaxed).min(self.params.max_families);
-        if v - 1 < used {
-            return true;
-        }
-        let pos = pos & (self.off.family_index_cap - 1);
-        let _ = self.corrupt(
-            CORRUPT_INDEX,
-            FAMILY_INDEX_TAG | pos,
-            &format!("family index entry {pos} names family {}, but only {used} are used", v - 1),
-        );
-        false
+        let used = &self.header().families_used;
+        self.index_entry_ok("family", used, self.params.max_families, self.off.family_index_cap, FAMILY_INDEX_TAG, pos, v)
     }
 
-    /// Whether series index entry `v` (at `pos`) names a series id handed out;
-    /// reports it as corrupt if not.
+    /// The same for series index entries.
     fn series_entry_ok(&self, pos: u32, v: u32) -> bool {
-        // As in family_entry_ok.
-        let used = self.header().series_used.load(Ordering::Relaxed).min(self.params.max_series);
+        let used = &self.header().series_used;
+        self.index_entry_ok("series", used, self.params.max_series, self.off.series_index_cap, 0, pos, v)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn index_entry_ok(&self, what: &str, used: &AtomicU32, max: u32, cap: u32, tag: u32, pos: u32, v: u32) -> bool {
+        // Loaded after the entry (Acquire): an id was handed out before its
+        // entry was published, so a sound entry is always below this count.
+        let used = used.load(Ordering::Relaxed).min(max);
         if v - 1 < used {
             return true;
         }
-        let pos = pos & (self.off.series_index_cap - 1);
-        let _ = self.corrupt(
-            CORRUPT_INDEX,
-            pos,
-            &format!("series index entry {pos} names series {}, but only {used} are used", v - 1),
-        );
+        let pos = pos & (cap - 1);
+        let msg = format!("{what} index entry {pos} names {what} {}, but only {used} are used", v - 1);
+        let _ = self.corrupt(CORRUPT_INDEX, tag | pos, &msg);
         false
     }
 
