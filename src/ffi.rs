@@ -309,7 +309,7 @@ pub unsafe extern "C" fn shmetrics_family_bounds(r: *const shmetrics_region, fam
         match r.live_family(fam) {
             // Not `as_ptr()` of an empty slice (a corrupt record's bounds): that
             // is a dangling non-NULL pointer.
-            Ok(f) if f.kind == KIND_HISTOGRAM && !r.fam_bounds(f).is_empty() => r.fam_bounds(f).as_ptr(),
+            Ok(f) if !r.fam_bounds(f).is_empty() => r.fam_bounds(f).as_ptr(),
             _ => std::ptr::null(),
         }
     })

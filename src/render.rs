@@ -533,23 +533,25 @@ impl Render {
         );
         // Per family, only where something happened: most never drop or overflow.
         let nfam = h.families_used.load(Ordering::Acquire).min(r.params.max_families);
-        let mut dropped = Vec::new();
-        let mut overflowed = Vec::new();
+        // Label values are the families' checked names, each once: a corrupt
+        // record (whose name may be anything, or another family's) is left out.
+        let mut counts: Vec<(String, u64, u64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for fam in 0..nfam {
             let f = r.family(fam);
-            if f.state.load(Ordering::Acquire) != STATE_LIVE {
+            let (d, o) = (f.dropped.load(Ordering::Relaxed), f.overflowed.load(Ordering::Relaxed));
+            if f.state.load(Ordering::Acquire) != STATE_LIVE || d == 0 && o == 0 {
                 continue;
             }
-            let name = as_str(r.arena(f.name_off, f.name_len).unwrap_or(b"_"));
-            let d = f.dropped.load(Ordering::Relaxed);
-            if d > 0 {
-                dropped.push(("family", name, d as f64));
-            }
-            let o = f.overflowed.load(Ordering::Relaxed);
-            if o > 0 {
-                overflowed.push(("family", name, o as f64));
+            let Ok(view) = r.family_view(fam) else { continue };
+            if seen.insert(view.name.clone()) {
+                counts.push((as_str(&view.name).to_string(), d, o));
             }
         }
+        let dropped: Vec<(&str, &str, f64)> =
+            counts.iter().filter(|c| c.1 > 0).map(|c| ("family", c.0.as_str(), c.1 as f64)).collect();
+        let overflowed: Vec<(&str, &str, f64)> =
+            counts.iter().filter(|c| c.2 > 0).map(|c| ("family", c.0.as_str(), c.2 as f64)).collect();
         family(
             out,
             "shmetrics_series_dropped_total",

@@ -10,7 +10,8 @@
 //!
 //! Asserted: no worker exits on a signal (error.log has no "exited on signal", the
 //! workers are the ones that started), the master is alive, every `/metrics`
-//! answer is either valid for promtool or a 500 whose reason is logged, and the
+//! answer is either valid (promtool and the harness's strict parser for text,
+//! `# EOF` for OpenMetrics, a whole JSON document) or a 500 whose reason is logged, and the
 //! corruption is both counted (`shmetrics_region_corrupt_total`) and logged with
 //! the file's path.
 
@@ -237,7 +238,13 @@ fn random_writes_over_the_metadata_never_take_nginx_down() {
             200 if accept.starts_with("application/openmetrics") => {
                 assert!(resp.text().ends_with("# EOF\n"), "OpenMetrics body without # EOF");
             }
-            200 => bodies.push(resp.text().to_string()),
+            200 => {
+                // The harness's strict 0.0.4 parser too (duplicate series, for one).
+                if let Err(e) = Exposition::parse(resp.text()) {
+                    panic!("scrape {scrapes} after {writes} writes: {e}\n{}", resp.text());
+                }
+                bodies.push(resp.text().to_string())
+            }
             500 => refused += 1,
             s => panic!("GET {path}: status {s} after {writes} writes"),
         }
