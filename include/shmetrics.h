@@ -159,7 +159,9 @@ int32_t shmetrics_family(const shmetrics_region *r,
 const uint32_t *shmetrics_family_gen(const shmetrics_region *r, uint32_t fam);
 
 /*
- Pointer to histogram family `fam`'s finite bucket bounds (in shared memory), or NULL.
+ Pointer to histogram family `fam`'s finite bucket bounds, or NULL: this
+ process's own copy of what it defined (valid for the life of the process,
+ whatever happens to the file), else the bounds in shared memory.
 
  # Safety
  `r` must be NULL or a region handle.
@@ -215,6 +217,17 @@ int32_t shmetrics_claim_slot(const shmetrics_region *r);
  `r` must be NULL or a region handle.
  */
 double *shmetrics_slot_cells(const shmetrics_region *r, uint32_t slot);
+
+/*
+ Copies a message about corrupt records of the region file found by this
+ process into `buf` (at most `cap` bytes, not NUL-terminated) and returns
+ its full length; 0 when there is nothing (new) to log. Rate-limited: at
+ most one message every 10 seconds, which counts the records since the last.
+
+ # Safety
+ `r` must be NULL or a region handle; `buf` NULL or `cap` writable bytes.
+ */
+size_t shmetrics_corrupt_notice(const shmetrics_region *r, char *buf, size_t cap);
 
 /*
  Counts a hot-path error of `reason` (an index into the reasons list) for this process.

@@ -102,7 +102,8 @@ unsafe fn bytes<'a>(p: *const c_char, len: usize) -> Option<&'a [u8]> {
     if p.is_null() {
         return if len == 0 { Some(&[]) } else { None };
     }
-    Some(std::slice::from_raw_parts(p.cast(), len))
+    // SAFETY: non-NULL here; `len` readable bytes by the caller's contract.
+    Some(unsafe { std::slice::from_raw_parts(p.cast(), len) })
 }
 
 /// # Safety
@@ -123,14 +124,16 @@ unsafe fn byte_list<'a>(
         return Err(Error::invalid(format!("bad argument \"{arg}\": NULL")));
     }
     (0..n as usize)
-        .map(|i| bytes(*ptrs.add(i), *lens.add(i)).ok_or_else(|| Error::invalid(format!("bad argument \"{arg}\": entry {} is NULL", i + 1))))
+        // SAFETY: `i < n` entries in both arrays, each pointer to its length (caller contract).
+        .map(|i| unsafe { bytes(*ptrs.add(i), *lens.add(i)) }.ok_or_else(|| Error::invalid(format!("bad argument \"{arg}\": entry {} is NULL", i + 1))))
         .collect()
 }
 
 /// # Safety
 /// `r` must be NULL or a handle returned by `shmetrics_open`.
 unsafe fn region<'a>(r: *const Region) -> Result<&'a Region, Error> {
-    r.as_ref().ok_or_else(|| Error::invalid("bad argument \"region\": NULL".to_string()))
+    // SAFETY: NULL or a live handle (caller contract); handles are never freed.
+    unsafe { r.as_ref() }.ok_or_else(|| Error::invalid("bad argument \"region\": NULL".to_string()))
 }
 
 /// The ABI version this library implements (`SHMETRICS_ABI_VERSION`).
@@ -244,19 +247,23 @@ pub unsafe extern "C" fn shmetrics_family(
         let run = || -> Result<i32, Error> {
             // SAFETY: caller contract for every pointer below.
             let r = unsafe { region(r) }?;
+            // SAFETY: caller contract: a pointer to `name_len` bytes.
             let name = unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?;
+            // SAFETY: caller contract: a pointer to `help_len` bytes.
             let help = unsafe { bytes(help, help_len) }.ok_or_else(|| Error::invalid("bad argument \"help\": NULL".into()))?;
             if nlabels as usize > MAX_LABELS {
                 return Err(Error::invalid(format!(
                     "bad argument \"label_names\": {nlabels} labels; at most {MAX_LABELS}"
                 )));
             }
+            // SAFETY: caller contract: `nlabels` pointer/length pairs.
             let labels = unsafe { byte_list(labels, label_lens, nlabels, "label_names") }?;
             let bounds: &[f64] = if nbounds == 0 || kind != KIND_HISTOGRAM && bounds.is_null() {
                 &[]
             } else if bounds.is_null() || nbounds > 4096 {
                 return Err(Error::invalid("bad argument \"buckets\": NULL or too many".into()));
             } else {
+                // SAFETY: non-NULL, and `nbounds` doubles by the caller's contract.
                 unsafe { std::slice::from_raw_parts(bounds, nbounds as usize) }
             };
             // 0: the default limit, so that no family can take every series.
@@ -287,7 +294,9 @@ pub unsafe extern "C" fn shmetrics_family_gen(r: *const shmetrics_region, fam: u
     })
 }
 
-/// Pointer to histogram family `fam`'s finite bucket bounds (in shared memory), or NULL.
+/// Pointer to histogram family `fam`'s finite bucket bounds, or NULL: this
+/// process's own copy of what it defined (valid for the life of the process,
+/// whatever happens to the file), else the bounds in shared memory.
 ///
 /// # Safety
 /// `r` must be NULL or a region handle.
@@ -296,10 +305,14 @@ pub unsafe extern "C" fn shmetrics_family_bounds(r: *const shmetrics_region, fam
     guard(std::ptr::null(), || {
         // SAFETY: caller contract.
         let Ok(r) = (unsafe { region(r) }) else { return std::ptr::null() };
+        let own = r.defined_bounds(fam);
+        if !own.is_null() {
+            return own;
+        }
         match r.live_family(fam) {
             // Not `as_ptr()` of an empty slice (a corrupt record's bounds): that
             // is a dangling non-NULL pointer.
-            Ok(f) if f.kind == KIND_HISTOGRAM && !r.fam_bounds(f).is_empty() => r.fam_bounds(f).as_ptr(),
+            Ok(f) if !r.fam_bounds(f).is_empty() => r.fam_bounds(f).as_ptr(),
             _ => std::ptr::null(),
         }
     })
@@ -354,6 +367,7 @@ unsafe fn with_series(
         let run = || -> Result<i32, Error> {
             // SAFETY: caller contract.
             let r = unsafe { region(r) }?;
+            // SAFETY: caller contract: `n` pointer/length pairs.
             let values = unsafe { byte_list(values, lens, n, "label values") }?;
             op(r, &values)
         };
@@ -399,6 +413,28 @@ pub unsafe extern "C" fn shmetrics_slot_cells(r: *const shmetrics_region, slot: 
             Ok(r) if slot < r.params.max_slots => r.cells(slot),
             _ => std::ptr::null_mut(),
         }
+    })
+}
+
+/// Copies a message about corrupt records of the region file found by this
+/// process into `buf` (at most `cap` bytes, not NUL-terminated) and returns
+/// its full length; 0 when there is nothing (new) to log. Rate-limited: at
+/// most one message every 10 seconds, which counts the records since the last.
+///
+/// # Safety
+/// `r` must be NULL or a region handle; `buf` NULL or `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_corrupt_notice(r: *const shmetrics_region, buf: *mut c_char, cap: usize) -> usize {
+    guard(0, || {
+        // SAFETY: caller contract.
+        let Ok(r) = (unsafe { region(r) }) else { return 0 };
+        let Some(m) = r.take_notice() else { return 0 };
+        if !buf.is_null() {
+            let n = m.len().min(cap);
+            // SAFETY: `buf` has `cap >= n` writable bytes (caller contract).
+            unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), buf.cast(), n) };
+        }
+        m.len()
     })
 }
 

@@ -14,7 +14,7 @@ pub const MAGIC: [u8; 8] = *b"SHMETRC\x01";
 /// Incompatible layout changes.
 pub const LAYOUT_MAJOR: u16 = 1;
 /// Compatible additions (readers of an older minor ignore new fields).
-pub const LAYOUT_MINOR: u16 = 0;
+pub const LAYOUT_MINOR: u16 = 1;
 
 /// Cells at the start of every slot that do not belong to a series.
 pub const RESERVED_CELLS: u32 = 32;
@@ -60,6 +60,18 @@ pub const REASONS: [&str; 11] = [
 ];
 pub const REASON_NO_SLOT: u32 = 8;
 const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= RESERVED_CELLS as usize);
+
+/// Reserved cells `CELL_CORRUPT + what`: records of a corrupt file that this
+/// process found and skipped, by what failed a check (layout 1.1).
+pub const CELL_CORRUPT: u32 = 28;
+/// What a corrupt record was: label values of `shmetrics_region_corrupt_total{what}`.
+pub const CORRUPT_WHAT: [&str; 4] = ["family", "series", "index", "header"];
+pub const CORRUPT_FAMILY: u32 = 0;
+pub const CORRUPT_SERIES: u32 = 1;
+pub const CORRUPT_INDEX: u32 = 2;
+pub const CORRUPT_HEADER: u32 = 3;
+const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= CELL_CORRUPT as usize);
+const _: () = assert!(CELL_CORRUPT as usize + CORRUPT_WHAT.len() <= RESERVED_CELLS as usize);
 
 /// Series and family states.
 pub const STATE_WRITING: u32 = 0;
@@ -107,7 +119,10 @@ pub struct Header {
     pub arena_used: AtomicU64,
     /// Updates dropped because no slot was free (no slot to count them in).
     pub no_slot_errors: AtomicU64,
-    pub _pad3: [u8; 32],
+    /// Corrupt records found by processes that had no slot to count them in
+    /// (layout 1.1; zero in files of 1.0).
+    pub corrupt_unslotted: AtomicU64,
+    pub _pad3: [u8; 24],
 }
 const _: () = assert!(std::mem::size_of::<Header>() == 256);
 const _: () = assert!(std::mem::align_of::<Header>() == 64);

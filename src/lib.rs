@@ -2,7 +2,10 @@
 //!
 //! The C ABI is in [`ffi`]; `docs/layout.md` has the shared-memory layout and the
 //! reader protocol; `lua/resty/shmetrics.lua` is the module nginx users call.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod check;
 pub mod error;
 pub mod expo;
 pub mod ffi;

@@ -52,6 +52,11 @@ pub struct Region {
     pub(crate) label_cache: Mutex<Vec<Option<Box<[u8]>>>>,
     /// This process's live series by family (see `render::Scan`).
     pub(crate) scan: Mutex<crate::render::Scan>,
+    /// Corrupt records this process has found, counted and to log (see `check`).
+    pub(crate) corrupt: Mutex<crate::check::Found>,
+    /// The definitions this process made or matched, by family id: what its
+    /// callers write, whatever the file says later (see `check`).
+    pub(crate) defs: Mutex<Vec<Option<crate::check::Def>>>,
 }
 
 // SAFETY: a `Region` is a pointer into a `MAP_SHARED` mapping that stays mapped for
@@ -482,6 +487,8 @@ impl Region {
             my_slot: AtomicU64::new(0),
             label_cache: Mutex::new(Vec::new()),
             scan: Mutex::new(crate::render::Scan::default()),
+            corrupt: Mutex::new(crate::check::Found::default()),
+            defs: Mutex::new(Vec::new()),
         }
     }
 
@@ -718,53 +725,108 @@ impl Region {
         unsafe { &*(self.base as *const Header) }
     }
 
+    /// Element `i` of a section of `T`s starting at `off`.
+    ///
     /// # Safety
-    /// `off + count * size_of::<T>()` must lie inside the mapping and `off` be aligned for `T`.
-    unsafe fn at<T>(&self, off: u64, i: u64) -> &T {
+    /// `off + (i + 1) * size_of::<T>()` must lie inside the mapping and `off` be
+    /// aligned for `T` (every section start is 64-aligned: `Params::offsets`).
+    unsafe fn at<T>(&self, off: u64, i: u64) -> *mut T {
         debug_assert!(off + (i + 1) * std::mem::size_of::<T>() as u64 <= self.len as u64);
-        &*(self.base.add((off + i * std::mem::size_of::<T>() as u64) as usize) as *const T)
+        // SAFETY: in bounds by the caller's contract; derived from `base`, the
+        // mapping's own pointer, so writing through it is allowed.
+        unsafe { self.base.add((off + i * std::mem::size_of::<T>() as u64) as usize).cast() }
     }
 
-    /// Slot `i`'s ownership record; `i < max_slots`.
+    /// Slot `i`'s ownership record.
+    ///
+    /// # Panics
+    /// If `i >= max_slots` (callers pass indexes they computed, never file bytes).
     pub fn slot(&self, i: u32) -> &Slot {
-        assert!(i < self.params.max_slots);
+        assert!(i < self.params.max_slots, "slot {i} out of range");
         // SAFETY: the slots section holds max_slots 64-byte records (offsets()).
-        unsafe { self.at(self.off.slots, i as u64) }
+        unsafe { &*self.at(self.off.slots, i as u64) }
     }
 
-    /// Family `i`; `i < max_families`.
+    /// Family `i`.
+    ///
+    /// Only its atomic fields may be read through this reference while other
+    /// processes run: the plain fields are read once, as a copy, by
+    /// [`Region::family_rec`], and written only through [`Region::family_ptr`].
+    ///
+    /// # Panics
+    /// If `i >= max_families`.
     pub fn family(&self, i: u32) -> &Family {
-        assert!(i < self.params.max_families);
+        // SAFETY: bounds checked by family_ptr; the record lives as long as the mapping.
+        unsafe { &*self.family_ptr(i) }
+    }
+
+    /// A pointer to family record `i`, derived from the mapping's base (for
+    /// writing a record before it is published, and for volatile copies).
+    ///
+    /// # Panics
+    /// If `i >= max_families`.
+    pub(crate) fn family_ptr(&self, i: u32) -> *mut Family {
+        assert!(i < self.params.max_families, "family {i} out of range");
         // SAFETY: the families section holds max_families records.
         unsafe { self.at(self.off.families, i as u64) }
     }
 
     pub fn family_index(&self, i: u32) -> &AtomicU32 {
-        // SAFETY: masked by the caller to < family_index_cap, the section's length.
-        unsafe { self.at(self.off.family_index, (i & (self.off.family_index_cap - 1)) as u64) }
+        // SAFETY: masked to < family_index_cap, the section's length.
+        unsafe { &*self.at(self.off.family_index, (i & (self.off.family_index_cap - 1)) as u64) }
     }
 
-    /// Series `i`; `i < max_series`.
+    /// Series `i` (see [`Region::family`] for what may be read through it).
+    ///
+    /// # Panics
+    /// If `i >= max_series`.
     pub fn series(&self, i: u32) -> &Series {
-        assert!(i < self.params.max_series);
+        // SAFETY: bounds checked by series_ptr.
+        unsafe { &*self.series_ptr(i) }
+    }
+
+    /// A pointer to series record `i`, derived from the mapping's base.
+    ///
+    /// # Panics
+    /// If `i >= max_series`.
+    pub(crate) fn series_ptr(&self, i: u32) -> *mut Series {
+        assert!(i < self.params.max_series, "series {i} out of range");
         // SAFETY: the series section holds max_series records.
         unsafe { self.at(self.off.series, i as u64) }
     }
 
     pub fn series_index(&self, i: u32) -> &AtomicU32 {
         // SAFETY: masked to < series_index_cap, the section's length.
-        unsafe { self.at(self.off.series_index, (i & (self.off.series_index_cap - 1)) as u64) }
+        unsafe { &*self.at(self.off.series_index, (i & (self.off.series_index_cap - 1)) as u64) }
     }
 
     /// Bytes `off..off+len` of the arena, or `None` if that is outside it.
+    ///
+    /// The bytes stay in shared memory: published bytes never change unless the
+    /// file is corrupted, so whoever must not read them twice copies them
+    /// ([`Region::arena_copy`]).
     pub fn arena(&self, off: u32, len: u32) -> Option<&[u8]> {
         let end = off as u64 + len as u64;
         if end > self.params.arena_bytes {
             return None;
         }
-        // SAFETY: bounds checked just above against the arena's size; published
-        // arena bytes are never written again.
+        // SAFETY: bounds checked just above against the arena's size.
         Some(unsafe { std::slice::from_raw_parts(self.base.add((self.off.arena + off as u64) as usize), len as usize) })
+    }
+
+    /// A private copy of arena bytes `off..off+len`, or `None` if outside the arena.
+    pub fn arena_copy(&self, off: u32, len: u32) -> Option<Vec<u8>> {
+        let end = off as u64 + len as u64;
+        if end > self.params.arena_bytes {
+            return None;
+        }
+        let mut v = vec![0u8; len as usize];
+        // SAFETY: the source range is inside the arena (checked above); `v` has
+        // `len` bytes; a raw copy makes no promise that the bytes stay unchanged.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.add((self.off.arena + off as u64) as usize), v.as_mut_ptr(), v.len())
+        };
+        Some(v)
     }
 
     /// Raw pointer to arena offset `off` (for writing before publication).
@@ -772,35 +834,99 @@ impl Region {
     /// # Safety
     /// `off + len` must be within the arena and the bytes allocated to the caller.
     pub unsafe fn arena_mut(&self, off: u32) -> *mut u8 {
-        self.base.add((self.off.arena + off as u64) as usize)
+        // SAFETY: in bounds by the caller's contract.
+        unsafe { self.base.add((self.off.arena + off as u64) as usize) }
     }
 
     /// Slot `slot`'s cell array (`max_cells` doubles).
+    ///
+    /// # Panics
+    /// If `slot >= max_slots`.
     pub fn cells(&self, slot: u32) -> *mut f64 {
-        assert!(slot < self.params.max_slots);
+        assert!(slot < self.params.max_slots, "slot {slot} out of range");
         // SAFETY: the cells section holds max_slots arrays of max_cells doubles.
         unsafe { self.base.add((self.off.cells + slot as u64 * self.params.max_cells as u64 * 8) as usize).cast() }
     }
 
-    /// Reads one cell of one slot. Writers store whole 8-byte words (LuaJIT's
-    /// `movsd`, our `AtomicU64::store`), so a relaxed 8-byte load never tears.
+    /// One cell as an atomic word.
+    ///
+    /// # Safety
+    /// `slot < max_slots` and `idx < max_cells`.
+    #[inline]
+    unsafe fn cell_word(&self, slot: u32, idx: u32) -> &AtomicU64 {
+        let off = self.off.cells + (slot as u64 * self.params.max_cells as u64 + idx as u64) * 8;
+        // SAFETY: inside the cells section by the contract; 8-aligned (the section
+        // is page aligned); AtomicU64 has f64's size and alignment.
+        unsafe { &*(self.base.add(off as usize) as *const AtomicU64) }
+    }
+
+    /// Reads one cell of one slot, unchecked. Writers store whole 8-byte words
+    /// (LuaJIT's `movsd`, our `AtomicU64::store`), so a relaxed 8-byte load never tears.
+    ///
+    /// # Safety
+    /// `slot < max_slots` and `idx < max_cells` (an index from the file must have
+    /// been checked against `max_cells` first).
+    #[inline]
+    pub unsafe fn cell_unchecked(&self, slot: u32, idx: u32) -> f64 {
+        // SAFETY: the caller's contract is cell_word's.
+        f64::from_bits(unsafe { self.cell_word(slot, idx) }.load(Ordering::Relaxed))
+    }
+
+    /// Reads one cell of one slot.
+    ///
+    /// # Panics
+    /// If `slot >= max_slots` or `idx >= max_cells` (checked in release builds).
     #[inline]
     pub fn cell(&self, slot: u32, idx: u32) -> f64 {
-        debug_assert!(idx < self.params.max_cells);
-        // SAFETY: `idx < max_cells` (callers check cell + ncells against max_cells),
-        // the cell is 8-aligned inside the mapping, and AtomicU64 has f64's layout.
-        let a = unsafe { &*(self.cells(slot).add(idx as usize) as *const AtomicU64) };
-        f64::from_bits(a.load(Ordering::Relaxed))
+        assert!(slot < self.params.max_slots && idx < self.params.max_cells, "cell {slot}:{idx} out of range");
+        // SAFETY: both bounds checked just above.
+        unsafe { self.cell_unchecked(slot, idx) }
+    }
+
+    /// Adds to a cell of the calling process's own slot (single writer), unchecked.
+    ///
+    /// # Safety
+    /// `slot < max_slots`, `idx < max_cells`, and `slot` is the caller's own
+    /// slot (or load+store would lose another writer's update).
+    #[inline]
+    pub unsafe fn cell_add_unchecked(&self, slot: u32, idx: u32, v: f64) {
+        // SAFETY: bounds by the caller's contract.
+        let a = unsafe { self.cell_word(slot, idx) };
+        // Relaxed: only the slot's owner writes it, so load+store is not a lost
+        // update; readers need no ordering with other cells (layout.md §4.2).
+        let old = f64::from_bits(a.load(Ordering::Relaxed));
+        a.store((old + v).to_bits(), Ordering::Relaxed);
     }
 
     /// Adds to a cell of the calling process's own slot (single writer).
+    ///
+    /// # Panics
+    /// If `slot >= max_slots` or `idx >= max_cells` (checked in release builds).
     #[inline]
     pub fn cell_add(&self, slot: u32, idx: u32, v: f64) {
-        // SAFETY: as in `cell`; only the slot's owner writes it, so load+store is
-        // not a lost update.
-        let a = unsafe { &*(self.cells(slot).add(idx as usize) as *const AtomicU64) };
-        let old = f64::from_bits(a.load(Ordering::Relaxed));
-        a.store((old + v).to_bits(), Ordering::Relaxed);
+        assert!(slot < self.params.max_slots && idx < self.params.max_cells, "cell {slot}:{idx} out of range");
+        // SAFETY: both bounds checked just above; one writer per slot is the
+        // slot protocol (a wrong slot loses updates, never memory).
+        unsafe { self.cell_add_unchecked(slot, idx, v) }
+    }
+}
+
+#[cfg(test)]
+impl Region {
+    /// A region in zeroed, page-aligned heap memory, never freed: the store's
+    /// logic without a file or `mmap`, so unit tests run under Miri.
+    pub(crate) fn heap(params: Params) -> &'static Region {
+        let params = params.resolved();
+        params.check().expect("test parameters");
+        let off = params.offsets();
+        let layout = std::alloc::Layout::from_size_align(off.total as usize, 4096).unwrap();
+        // SAFETY: the layout has a non-zero size.
+        let base = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!base.is_null());
+        let r = Region::new(base, off.total as usize, Path::new("/heap/region"), params, off);
+        // Relaxed: nobody else has the region yet.
+        r.header().cells_used.store(RESERVED_CELLS, Ordering::Relaxed);
+        Box::leak(Box::new(r))
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::check::{cells_in_range, decode_key, FamView};
 use crate::expo::{self, Format};
 use crate::json;
 use crate::layout::*;
@@ -26,6 +27,8 @@ pub struct Render {
     order: Vec<u32>,
     /// `(family id, start, end)` ranges of `order`, in family id order.
     groups: Vec<(u32, usize, usize)>,
+    /// Each group's family, checked and copied once per scrape.
+    views: Vec<FamView>,
     /// Slots that were ever claimed (dead owners' counts still count).
     slots: Vec<u32>,
     filter: Filter,
@@ -116,19 +119,37 @@ impl Render {
         // Only the ids are copied here (a memcpy per family): the series table
         // itself was read once, when each series was new.
         let mut groups = Vec::new();
+        let mut views = Vec::new();
+        let mut exposed = std::collections::HashSet::new();
         let mut order = Vec::with_capacity(scan.listed);
         for fam in 0..nfam.min(scan.by_family.len() as u32) {
             let list = &scan.by_family[fam as usize];
-            let f = region.family(fam);
-            let name = region.arena(f.name_off, f.name_len).unwrap_or(b"");
-            // Names were validated at definition; one that is not valid now comes
-            // from a corrupt file, and would make Prometheus drop the whole scrape.
-            let valid = expo::is_valid_metric_name(name)
-                && region.fam_labels(f).iter().all(|l| expo::is_valid_label_name(l));
-            if list.is_empty() || !valid || !filter.wants(name, f.kind) {
+            if list.is_empty() {
                 continue;
             }
+            // Checked whole here, and only this copy is used while rendering:
+            // a record or name changed by a corrupting writer during the scrape
+            // cannot send a read out of bounds or an invalid name to Prometheus
+            // (which would drop the whole scrape). A corrupt family is skipped
+            // and counted.
+            let Ok(view) = region.family_view(fam) else { continue };
+            if !filter.wants(&view.name, view.kind) {
+                continue;
+            }
+            // Two families exposing one name (a name changed in the file)
+            // would make Prometheus drop the scrape: the later one is skipped.
+            let names = store::exposed_names(&view.name, view.kind);
+            if let Some(clash) = names.iter().find(|n| exposed.contains(*n)) {
+                let _ = region.corrupt(
+                    CORRUPT_FAMILY,
+                    fam,
+                    &format!("family record {fam}: another family already exposes \"{}\"", String::from_utf8_lossy(clash)),
+                );
+                continue;
+            }
+            exposed.extend(names);
             groups.push((fam, order.len(), order.len() + list.len()));
+            views.push(view);
             order.extend_from_slice(list);
         }
         drop(scan);
@@ -142,6 +163,7 @@ impl Render {
             json_series: false,
             order,
             groups,
+            views,
             slots,
             filter,
             group: 0,
@@ -221,25 +243,25 @@ impl Render {
     fn render_some_json(&mut self, hint: usize) {
         let r = self.region;
         let (fam, start, end) = self.groups[self.group];
-        let f = r.family(fam);
-        let label_names = r.fam_labels(f);
-        let bounds = r.fam_bounds(f);
+        let view = std::mem::replace(&mut self.views[self.group], FamView::empty());
+        let label_names = &view.labels;
+        let bounds = view.bounds.as_slice();
         if self.pos <= start {
             self.pos = start;
             if self.group > 0 {
                 self.buf.push(b',');
             }
-            let type_name = match f.kind {
+            let type_name = match view.kind {
                 KIND_COUNTER => "counter",
                 KIND_GAUGE => "gauge",
                 _ => "histogram",
             };
             self.buf.extend_from_slice(b"{\"name\":");
-            json::write_string(&mut self.buf, r.arena(f.name_off, f.name_len).unwrap_or(b"_"));
+            json::write_string(&mut self.buf, &view.name);
             self.buf.extend_from_slice(b",\"type\":\"");
             self.buf.extend_from_slice(type_name.as_bytes());
             self.buf.extend_from_slice(b"\",\"help\":");
-            json::write_string(&mut self.buf, r.fam_help(f));
+            json::write_string(&mut self.buf, r.fam_help(r.family(fam)));
             self.buf.extend_from_slice(b",\"labels\":[");
             for (i, l) in label_names.iter().enumerate() {
                 if i > 0 {
@@ -251,18 +273,16 @@ impl Render {
             self.json_series = false;
             self.page_seen = 0;
         }
-        let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
         let mut progressed = false;
         while self.pos < end && (!progressed || self.buf.len() < hint) {
             progressed = true;
-            let s = r.series(self.order[self.pos]);
+            let id = self.order[self.pos];
             self.pos += 1;
-            // Deleted since it was listed: gone from this scrape too.
-            if s.state.load(Ordering::Acquire) != STATE_LIVE {
-                continue;
-            }
-            values.clear();
-            if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values) || values.len() != label_names.len() {
+            let Some(cell) = self.live_cell(&view, id) else { continue };
+            let key = r.series_key(id);
+            let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
+            if !decode_key(&key, &mut values) || values.len() != label_names.len() {
+                self.bad_key(id);
                 continue;
             }
             if let Some(p) = &self.page {
@@ -289,14 +309,16 @@ impl Render {
                 json::write_string(&mut self.buf, v);
             }
             self.buf.push(b'}');
-            match f.kind {
+            match view.kind {
                 KIND_COUNTER | KIND_GAUGE => {
-                    let v = if f.kind == KIND_COUNTER { self.sum(s.cell) } else { self.gauge_value(s.cell) };
+                    // SAFETY: live_cell proved cell..cell + view.cells in range.
+                    let v = unsafe { if view.kind == KIND_COUNTER { self.sum(cell) } else { self.gauge_value(cell) } };
                     self.buf.extend_from_slice(b",\"value\":");
                     json::write_number(&mut self.buf, v);
                 }
                 _ => {
-                    let sums: Vec<f64> = (0..bounds.len() as u32 + 2).map(|i| self.sum(s.cell + i)).collect();
+                    // SAFETY: live_cell proved cell..cell + nbounds + 2 in range.
+                    let sums: Vec<f64> = (0..bounds.len() as u32 + 2).map(|i| unsafe { self.sum(cell + i) }).collect();
                     self.buf.extend_from_slice(b",\"buckets\":[");
                     let mut acc = 0.0;
                     for (i, b) in bounds.iter().enumerate() {
@@ -318,6 +340,7 @@ impl Render {
             }
             self.buf.push(b'}');
         }
+        self.views[self.group] = view;
         if self.pos >= end {
             self.buf.push(b']');
             if self.page.is_some() {
@@ -329,29 +352,65 @@ impl Render {
         }
     }
 
+    /// Series `id`'s first cell if it is still live and its record still
+    /// fits `view` (read once, here: the record may have changed since it
+    /// was listed); a record that does not is counted as corrupt.
+    fn live_cell(&self, view: &FamView, id: u32) -> Option<u32> {
+        let r = self.region;
+        // Deleted since it was listed: gone from this scrape too.
+        if r.series(id).state.load(Ordering::Acquire) != STATE_LIVE {
+            return None;
+        }
+        let rec = r.series_rec(id);
+        if rec.family != view.id || !cells_in_range(rec.cell, view.cells, r.params.max_cells) {
+            let _ = r.corrupt(
+                CORRUPT_SERIES,
+                id,
+                &format!(
+                    "series record {id} of family {}: family {}, cells {}..{} (max {})",
+                    view.id,
+                    rec.family,
+                    rec.cell,
+                    rec.cell as u64 + view.cells as u64,
+                    r.params.max_cells
+                ),
+            );
+            return None;
+        }
+        Some(rec.cell)
+    }
+
+    fn bad_key(&self, id: u32) {
+        let _ = self.region.corrupt(CORRUPT_SERIES, id, &format!("series record {id}: its label values do not decode"));
+    }
+
     /// Sum of cell `idx` over every claimed slot.
-    fn sum(&self, idx: u32) -> f64 {
-        self.slots.iter().map(|&s| self.region.cell(s, idx)).sum()
+    ///
+    /// # Safety
+    /// `idx < max_cells` (every slot in `self.slots` is below `max_slots`).
+    unsafe fn sum(&self, idx: u32) -> f64 {
+        // SAFETY: idx by the caller's contract; slots were taken below max_slots.
+        self.slots.iter().map(|&s| unsafe { self.region.cell_unchecked(s, idx) }).sum()
     }
 
     fn render_some(&mut self, hint: usize) {
         let r = self.region;
         let (fam, start, end) = self.groups[self.group];
-        let f = r.family(fam);
-        let (family_name, sample_name) = om_names(as_str(r.arena(f.name_off, f.name_len).unwrap_or(b"_")), f.kind, self.fmt);
+        let view = std::mem::replace(&mut self.views[self.group], FamView::empty());
+        let (family_name, sample_name) = om_names(as_str(&view.name), view.kind, self.fmt);
         let name = sample_name.as_str();
         if self.pos <= start {
             self.pos = start;
-            let type_name = match f.kind {
+            let type_name = match view.kind {
                 KIND_COUNTER => "counter",
                 KIND_GAUGE => "gauge",
                 _ => "histogram",
             };
-            expo::write_family_header(&mut self.buf, self.fmt, &family_name, r.fam_help(f), type_name);
+            expo::write_family_header(&mut self.buf, self.fmt, &family_name, r.fam_help(r.family(fam)), type_name);
         }
-        let label_names: Vec<&str> = r.fam_labels(f).into_iter().map(as_str).collect();
-        let bounds = r.fam_bounds(f);
-        if f.kind == KIND_HISTOGRAM && self.les_group != self.group {
+        let label_names: Vec<&str> = view.labels.iter().map(|l| as_str(l)).collect();
+        let bounds = view.bounds.as_slice();
+        if view.kind == KIND_HISTOGRAM && self.les_group != self.group {
             self.les = bounds
                 .iter()
                 .map(|&b| {
@@ -363,28 +422,23 @@ impl Render {
             self.les_group = self.group;
         }
         let mut cache = r.label_cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
         // At least one series per call: otherwise a family header that alone
         // reaches the hint is written again on every call and never followed.
         let mut progressed = false;
         while self.pos < end && (!progressed || self.buf.len() < hint) {
             progressed = true;
             let id = self.order[self.pos];
-            let s = r.series(id);
             self.pos += 1;
-            // Deleted since it was listed: gone from this scrape too.
-            if s.state.load(Ordering::Acquire) != STATE_LIVE {
-                continue;
-            }
+            let Some(cell) = self.live_cell(&view, id) else { continue };
             // Series are immutable once live and ids are never reused, so a
             // label block rendered once serves every later scrape.
             let block = match cache.get(id as usize) {
                 Some(Some(b)) => b,
                 _ => {
-                    values.clear();
-                    if !decode_key(r.arena(s.key_off, s.key_len).unwrap_or(b""), &mut values)
-                        || values.len() != label_names.len()
-                    {
+                    let key = r.series_key(id);
+                    let mut values: Vec<&[u8]> = Vec::with_capacity(label_names.len());
+                    if !decode_key(&key, &mut values) || values.len() != label_names.len() {
+                        self.bad_key(id);
                         continue;
                     }
                     let mut b = Vec::new();
@@ -398,18 +452,25 @@ impl Render {
             };
             self.labels.clear();
             self.labels.extend_from_slice(block);
-            match f.kind {
+            // live_cell proved cell..cell + view.cells in range: the cells of
+            // view.kind (bounds.len() + 2 for a histogram).
+            match view.kind {
                 KIND_COUNTER => {
-                    let v = self.sum(s.cell);
+                    // SAFETY: cell < cell + 1 <= max_cells (above).
+                    let v = unsafe { self.sum(cell) };
                     expo::write_sample(&mut self.buf, name, "", &self.labels, None, v);
                 }
                 KIND_GAUGE => {
-                    let v = self.gauge_value(s.cell);
+                    // SAFETY: cell + GAUGE_CELLS <= max_cells (above).
+                    let v = unsafe { self.gauge_value(cell) };
                     expo::write_sample(&mut self.buf, name, "", &self.labels, None, v);
                 }
-                _ => self.render_histogram(name, bounds, s.cell),
+                // SAFETY: cell + bounds.len() + 2 <= max_cells (above).
+                _ => unsafe { self.render_histogram(name, bounds, cell) },
             }
         }
+        drop(cache);
+        self.views[self.group] = view;
         if self.pos >= end {
             self.group += 1;
         }
@@ -417,30 +478,42 @@ impl Render {
 
     /// A gauge's value: the last `set` (the slot named by the shared stamp) plus
     /// every slot's `inc` deltas made since that set.
-    fn gauge_value(&self, base: u32) -> f64 {
+    ///
+    /// # Safety
+    /// `base + GAUGE_CELLS <= max_cells`.
+    unsafe fn gauge_value(&self, base: u32) -> f64 {
         let r = self.region;
-        let stamp = r.cell(SHARED_SLOT, base);
+        // Every cell read below is in base..base + 4 (in range by the contract),
+        // of slot 0, a slot of the set or the stamp's slot (checked): all below max_slots.
+        // SAFETY: as just said.
+        let stamp = unsafe { r.cell_unchecked(SHARED_SLOT, base) };
         let mut v = 0.0;
         if stamp > 0.0 {
             let slot = (stamp % STAMP_SLOTS as f64) as u32;
             if slot > 0 && slot < r.params.max_slots {
-                v = r.cell(slot, base);
+                // SAFETY: as above.
+                v = unsafe { r.cell_unchecked(slot, base) };
             }
         }
         for &s in &self.slots {
-            if r.cell(s, base + 3) == stamp {
-                v += r.cell(s, base + 2);
+            // SAFETY: as above.
+            if unsafe { r.cell_unchecked(s, base + 3) } == stamp {
+                // SAFETY: as above.
+                v += unsafe { r.cell_unchecked(s, base + 2) };
             }
         }
         v
     }
 
-    fn render_histogram(&mut self, name: &str, bounds: &[f64], base: u32) {
+    /// # Safety
+    /// `base + bounds.len() + 2 <= max_cells`.
+    unsafe fn render_histogram(&mut self, name: &str, bounds: &[f64], base: u32) {
         // One load per cell, then everything derived from these values: +Inf and
         // _count are the same number, and cumulative buckets cannot decrease.
         self.sums.clear();
         for i in 0..bounds.len() as u32 + 2 {
-            self.sums.push(self.sum(base + i));
+            // SAFETY: in range by the contract.
+            self.sums.push(unsafe { self.sum(base + i) });
         }
         let mut acc = 0.0;
         for (i, le) in self.les.iter().enumerate().take(bounds.len()) {
@@ -509,23 +582,25 @@ impl Render {
         );
         // Per family, only where something happened: most never drop or overflow.
         let nfam = h.families_used.load(Ordering::Acquire).min(r.params.max_families);
-        let mut dropped = Vec::new();
-        let mut overflowed = Vec::new();
+        // Label values are the families' checked names, each once: a corrupt
+        // record (whose name may be anything, or another family's) is left out.
+        let mut counts: Vec<(String, u64, u64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for fam in 0..nfam {
             let f = r.family(fam);
-            if f.state.load(Ordering::Acquire) != STATE_LIVE {
+            let (d, o) = (f.dropped.load(Ordering::Relaxed), f.overflowed.load(Ordering::Relaxed));
+            if f.state.load(Ordering::Acquire) != STATE_LIVE || d == 0 && o == 0 {
                 continue;
             }
-            let name = as_str(r.arena(f.name_off, f.name_len).unwrap_or(b"_"));
-            let d = f.dropped.load(Ordering::Relaxed);
-            if d > 0 {
-                dropped.push(("family", name, d as f64));
-            }
-            let o = f.overflowed.load(Ordering::Relaxed);
-            if o > 0 {
-                overflowed.push(("family", name, o as f64));
+            let Ok(view) = r.family_view(fam) else { continue };
+            if seen.insert(view.name.clone()) {
+                counts.push((as_str(&view.name).to_string(), d, o));
             }
         }
+        let dropped: Vec<(&str, &str, f64)> =
+            counts.iter().filter(|c| c.1 > 0).map(|c| ("family", c.0.as_str(), c.1 as f64)).collect();
+        let overflowed: Vec<(&str, &str, f64)> =
+            counts.iter().filter(|c| c.2 > 0).map(|c| ("family", c.0.as_str(), c.2 as f64)).collect();
         family(
             out,
             "shmetrics_series_dropped_total",
@@ -551,6 +626,16 @@ impl Render {
                 &[("reason", reason, 1.0)],
             );
         }
+        let corrupt = r.corrupt_counts(&self.slots);
+        let corrupt: Vec<(&str, &str, f64)> =
+            CORRUPT_WHAT.iter().zip(corrupt).filter(|(_, n)| *n > 0.0).map(|(w, n)| ("what", *w, n)).collect();
+        family(
+            out,
+            "shmetrics_region_corrupt_total",
+            KIND_COUNTER,
+            b"Records of a corrupt region file found and skipped, by what they were (the error log names the file).",
+            &corrupt,
+        );
         let (live, dead, free) = r.slot_stats();
         family(
             out,
@@ -594,17 +679,21 @@ impl Scan {
         }
         let pending = std::mem::take(&mut self.pending);
         for id in pending.into_iter().chain(self.upto..nser) {
-            let s = region.series(id);
-            match s.state.load(Ordering::Acquire) {
+            match region.series(id).state.load(Ordering::Acquire) {
                 STATE_WRITING => self.pending.push(id),
-                STATE_LIVE if s.family < nfam => {
-                    let f = region.family(s.family);
-                    // The cells read are those of the kind; `ncells` comes from the file.
-                    let need = store::kind_cells(f).max(f.ncells);
-                    if f.state.load(Ordering::Acquire) == STATE_LIVE
-                        && s.cell as u64 + need as u64 <= region.params.max_cells as u64
-                    {
-                        self.by_family[s.family as usize].push(id);
+                STATE_LIVE => {
+                    // Listed by its family id; whether its cells fit that
+                    // family is checked when it is rendered (the record may
+                    // change in between).
+                    let fam = region.series_rec(id).family;
+                    if fam >= nfam {
+                        let _ = region.corrupt(
+                            CORRUPT_SERIES,
+                            id,
+                            &format!("series record {id} names family {fam}, but only {nfam} are used"),
+                        );
+                    } else if region.family(fam).state.load(Ordering::Acquire) == STATE_LIVE {
+                        self.by_family[fam as usize].push(id);
                         self.listed += 1;
                     }
                 }
@@ -625,21 +714,4 @@ impl Scan {
             }
         }
     }
-}
-
-/// Splits an encoded key (per value: `u32` LE length, bytes) into `out`.
-/// Returns false for a malformed key.
-fn decode_key<'a>(mut key: &'a [u8], out: &mut Vec<&'a [u8]>) -> bool {
-    while !key.is_empty() {
-        if key.len() < 4 || out.len() >= MAX_LABELS {
-            return false;
-        }
-        let len = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as usize;
-        if key.len() - 4 < len {
-            return false;
-        }
-        out.push(&key[4..4 + len]);
-        key = &key[4 + len..];
-    }
-    true
 }

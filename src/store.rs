@@ -33,13 +33,21 @@
 //!    counter, so sums never decrease; a histogram's `+Inf` bucket and `_count`
 //!    come from the same loads, so they agree.
 
+use std::ptr::addr_of_mut;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::check::{cells_in_range, FamilyRec, SeriesRec};
 use crate::error::Error;
 use crate::expo;
 use crate::hash::Hasher;
 use crate::layout::*;
 use crate::region::Region;
+
+/// How corrupt index entries are told apart when counted once each: a
+/// position in the series index, one in the family index with this bit set,
+/// and "no free entry" with [`INDEX_FULL_TAG`].
+const FAMILY_INDEX_TAG: u32 = 1 << 31;
+const INDEX_FULL_TAG: u32 = 1 << 30;
 
 /// A metric definition as the API receives it.
 pub struct FamilyDef<'a> {
@@ -211,13 +219,16 @@ impl Region {
     }
 
     fn fam_name(&self, f: &Family) -> &[u8] {
-        self.arena(f.name_off, f.name_len).unwrap_or(b"")
+        let rec = FamilyRec::read(f);
+        self.arena(rec.name_off, rec.name_len).unwrap_or(b"")
     }
 
-    /// Label names of a family (from the arena).
+    /// Label names of a family (from the arena; bounds-checked, not validated:
+    /// see [`Region::family_view`]).
     pub fn fam_labels(&self, f: &Family) -> Vec<&[u8]> {
-        let n = f.nlabels.min(MAX_LABELS as u32);
-        let Some(raw) = self.arena(f.labels_off, n * 8) else { return Vec::new() };
+        let rec = FamilyRec::read(f);
+        let n = rec.nlabels.min(MAX_LABELS as u32);
+        let Some(raw) = self.arena(rec.labels_off, n * 8) else { return Vec::new() };
         raw.chunks_exact(8)
             .map(|c| {
                 let off = u32::from_le_bytes(c[..4].try_into().unwrap());
@@ -228,14 +239,19 @@ impl Region {
     }
 
     /// Finite bucket bounds of a histogram family.
+    ///
+    /// Empty when the record is unsound (a corrupt file). Writers use the
+    /// bounds their own process defined ([`Region::defined_bounds`]).
     pub fn fam_bounds(&self, f: &Family) -> &[f64] {
-        let n = f.nbounds.min(MAX_BUCKETS as u32);
-        if f.kind != KIND_HISTOGRAM || f.bounds_off % 8 != 0 || self.arena(f.bounds_off, n * 8).is_none() {
+        let rec = FamilyRec::read(f);
+        let n = rec.nbounds.min(MAX_BUCKETS as u32);
+        if rec.kind != KIND_HISTOGRAM || rec.bounds_off % 8 != 0 || self.arena(rec.bounds_off, n * 8).is_none() {
             return &[];
         }
-        // SAFETY: in bounds (checked above), 8-aligned (the arena starts 64-aligned
-        // and bounds_off % 8 == 0), written before publication, never changed.
-        unsafe { std::slice::from_raw_parts(self.arena_mut(f.bounds_off) as *const f64, n as usize) }
+        // SAFETY: in bounds (checked above on the same copy of the fields),
+        // 8-aligned (the arena starts 64-aligned and bounds_off % 8 == 0); any
+        // bit pattern is an f64.
+        unsafe { std::slice::from_raw_parts(self.arena_mut(rec.bounds_off) as *const f64, n as usize) }
     }
 
     pub fn fam_help(&self, f: &Family) -> &[u8] {
@@ -265,6 +281,10 @@ impl Region {
         for _ in 0..self.off.family_index_cap {
             let slot = self.family_index(pos);
             let v = slot.load(Ordering::Acquire);
+            if v != 0 && !self.family_entry_ok(pos, v) {
+                pos = pos.wrapping_add(1);
+                continue;
+            }
             if v == 0 {
                 let id = match built {
                     Some(id) => id,
@@ -280,11 +300,17 @@ impl Region {
                 match slot.compare_exchange(0, id + 1, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => {
                         self.family(id).state.store(STATE_LIVE, Ordering::Release);
+                        self.remember_def(id, def.kind, &bounds);
                         return Ok(id);
                     }
                     Err(other) => {
+                        if !self.family_entry_ok(pos, other) {
+                            pos = pos.wrapping_add(1);
+                            continue;
+                        }
                         if let Some(found) = self.family_matches(other, def, &bounds, hash as u32)? {
                             self.family(id).state.store(STATE_ORPHAN, Ordering::Release);
+                            self.remember_def(found, def.kind, &bounds);
                             return Ok(found);
                         }
                     }
@@ -293,11 +319,62 @@ impl Region {
                 if let Some(id) = built {
                     self.family(id).state.store(STATE_ORPHAN, Ordering::Release);
                 }
+                self.remember_def(found, def.kind, &bounds);
                 return Ok(found);
             }
             pos = pos.wrapping_add(1);
         }
-        Err(Error::Full(format!("the family index is full ({} families)", self.params.max_families)))
+        // An index has twice the entries of the table it indexes: with no free
+        // entry, the file is corrupt, whatever its counts say.
+        let used = self.header().families_used.load(Ordering::Relaxed);
+        Err(self.corrupt(
+            CORRUPT_INDEX,
+            FAMILY_INDEX_TAG | INDEX_FULL_TAG,
+            &format!(
+                "the family index ({} entries) has no free entry, yet {used} families are used (at most {})",
+                self.off.family_index_cap, self.params.max_families
+            ),
+        ))
+    }
+
+    /// Whether family index entry `v` (at `pos`) names a family id handed out;
+    /// reports it as corrupt if not.
+    fn family_entry_ok(&self, pos: u32, v: u32) -> bool {
+        let used = &self.header().families_used;
+        self.index_entry_ok("family", used, self.params.max_families, self.off.family_index_cap, FAMILY_INDEX_TAG, pos, v)
+    }
+
+    /// The same for series index entries.
+    fn series_entry_ok(&self, pos: u32, v: u32) -> bool {
+        let used = &self.header().series_used;
+        self.index_entry_ok("series", used, self.params.max_series, self.off.series_index_cap, 0, pos, v)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn index_entry_ok(&self, what: &str, used: &AtomicU32, max: u32, cap: u32, tag: u32, pos: u32, v: u32) -> bool {
+        // Loaded after the entry (Acquire): an id was handed out before its
+        // entry was published, so a sound entry is always below this count.
+        let used = used.load(Ordering::Relaxed).min(max);
+        if v - 1 < used {
+            return true;
+        }
+        let pos = pos & (cap - 1);
+        let msg = format!("{what} index entry {pos} names {what} {}, but only {used} are used", v - 1);
+        let _ = self.corrupt(CORRUPT_INDEX, tag | pos, &msg);
+        false
+    }
+
+    /// The series index has no free entry: only a corrupt file can say so.
+    fn series_index_corrupt(&self) -> Error {
+        let used = self.header().series_used.load(Ordering::Relaxed);
+        self.corrupt(
+            CORRUPT_INDEX,
+            INDEX_FULL_TAG,
+            &format!(
+                "the series index ({} entries) has no free entry, yet {used} series are used (at most {})",
+                self.off.series_index_cap, self.params.max_series
+            ),
+        )
     }
 
     /// If index value `v` holds a family named like `def`: `Ok(Some(id))` when
@@ -308,11 +385,12 @@ impl Region {
             return Ok(None);
         }
         let f = self.family(id);
-        if f.hash != hash || self.fam_name(f) != def.name {
+        let rec = FamilyRec::read(f);
+        if rec.hash != hash || self.fam_name(f) != def.name {
             return Ok(None);
         }
         let labels = self.fam_labels(f);
-        let same = f.kind == def.kind
+        let same = rec.kind == def.kind
             && labels.len() == def.labels.len()
             && labels.iter().zip(def.labels).all(|(a, b)| a == b)
             && self.fam_bounds(f).iter().map(|b| b.to_bits()).eq(bounds.iter().map(|b| b.to_bits()));
@@ -320,7 +398,7 @@ impl Region {
             return Err(Error::Conflict(format!(
                 "metric \"{}\" is already defined as {}; this definition is {}",
                 show(def.name),
-                self.describe(f.kind, &labels, self.fam_bounds(f)),
+                self.describe(rec.kind, &labels, self.fam_bounds(f)),
                 self.describe(def.kind, def.labels, bounds)
             )));
         }
@@ -348,9 +426,9 @@ impl Region {
                 return None;
             }
             let id = v - 1;
-            if id < self.params.max_families {
+            if self.family_entry_ok(pos, v) {
                 let f = self.family(id);
-                if f.hash == hash as u32 && self.fam_name(f) == name {
+                if FamilyRec::read(f).hash == hash as u32 && self.fam_name(f) == name {
                     return Some(id);
                 }
             }
@@ -372,13 +450,13 @@ impl Region {
             if f.state.load(Ordering::Acquire) != STATE_LIVE || self.fam_name(f) == def.name {
                 continue;
             }
-            let theirs = exposed_names(self.fam_name(f), f.kind);
+            let theirs = exposed_names(self.fam_name(f), FamilyRec::read(f).kind);
             if let Some(clash) = mine.iter().find(|n| theirs.contains(n)) {
                 return Err(Error::Conflict(format!(
                     "bad argument \"name\": {} \"{}\" collides with {} \"{}\": both would expose \"{}\"",
                     kind_name(def.kind),
                     show(def.name),
-                    kind_name(f.kind),
+                    kind_name(FamilyRec::read(f).kind),
                     show(self.fam_name(f)),
                     show(clash)
                 )));
@@ -392,7 +470,11 @@ impl Region {
         let full = || Error::Full("the arena is full; raise arena_bytes".to_string());
         let id = bump_u32(&h.families_used, 1, self.params.max_families)
             .ok_or_else(|| Error::Full(format!("all {} families are used; raise max_families", self.params.max_families)))?;
-        let f = self.family(id);
+        // The record may hold anything (an unused record of a corrupt file):
+        // WRITING first, so that no reader takes it for a published one.
+        // Relaxed: readers reach the record only through the index CAS
+        // (Release) below, or see WRITING and skip it.
+        self.family(id).state.store(STATE_WRITING, Ordering::Relaxed);
         let name_off = self.arena_put(&[def.name], 1).ok_or_else(full)?;
         let help_off = self.arena_put(&[def.help], 1).ok_or_else(full)?;
         let mut pairs = Vec::with_capacity(def.labels.len() * 8);
@@ -409,20 +491,23 @@ impl Region {
             KIND_GAUGE => GAUGE_CELLS,
             _ => bounds.len() as u32 + 2,
         };
-        // SAFETY: family `id` was handed to us alone by bump_u32 and is unreachable
-        // until published, so these plain writes race with nobody.
+        let p = self.family_ptr(id);
+        // SAFETY: `p` comes from the mapping's base (writable) and is in bounds
+        // (family_ptr checks); family `id` was handed to us alone by bump_u32
+        // and is unreachable until published, so these plain writes race with
+        // nobody (but a corrupting writer); no reference to these fields is live.
         unsafe {
-            let p = f as *const Family as *mut Family;
-            (*p).kind = def.kind;
-            (*p).nlabels = def.labels.len() as u32;
-            (*p).nbounds = bounds.len() as u32;
-            (*p).ncells = ncells;
-            (*p).hash = hash;
-            (*p).name_off = name_off;
-            (*p).name_len = def.name.len() as u32;
-            (*p).labels_off = labels_off;
-            (*p).bounds_off = bounds_off;
+            addr_of_mut!((*p).kind).write(def.kind);
+            addr_of_mut!((*p).nlabels).write(def.labels.len() as u32);
+            addr_of_mut!((*p).nbounds).write(bounds.len() as u32);
+            addr_of_mut!((*p).ncells).write(ncells);
+            addr_of_mut!((*p).hash).write(hash);
+            addr_of_mut!((*p).name_off).write(name_off);
+            addr_of_mut!((*p).name_len).write(def.name.len() as u32);
+            addr_of_mut!((*p).labels_off).write(labels_off);
+            addr_of_mut!((*p).bounds_off).write(bounds_off);
         }
+        let f = self.family(id);
         f.help.store(((help_off as u64) << 32) | def.help.len() as u64, Ordering::Relaxed);
         f.max_series.store(def.max_series, Ordering::Relaxed);
         Ok(id)
@@ -450,11 +535,17 @@ impl Region {
         hs.finish() as u32
     }
 
-    fn check_values(&self, f: &Family, values: &[&[u8]]) -> Result<(), Error> {
-        if values.len() != f.nlabels as usize {
+    /// Family `fam`, live, with a sound record (see [`Region::family_check`]).
+    fn usable_family(&self, fam: u32) -> Result<(&Family, FamilyRec), Error> {
+        let f = self.live_family(fam)?;
+        Ok((f, self.family_check(fam)?))
+    }
+
+    fn check_values(&self, rec: &FamilyRec, values: &[&[u8]]) -> Result<(), Error> {
+        if values.len() != rec.nlabels as usize {
             return Err(Error::LabelCount(format!(
                 "expected {} label values, got {}",
-                f.nlabels,
+                rec.nlabels,
                 values.len()
             )));
         }
@@ -474,7 +565,7 @@ impl Region {
         if id >= self.params.max_series {
             return false;
         }
-        let s = self.series(id);
+        let s = self.series_rec(id);
         if s.hash != hash || s.family != fam {
             return false;
         }
@@ -493,7 +584,9 @@ impl Region {
     }
 
     /// Finds the live series `fam{values}`; its index position, id and cell.
-    fn find_series(&self, fam: u32, hash: u32, values: &[&[u8]]) -> Result<(u32, Option<(u32, u32)>), u32> {
+    ///
+    /// The cell is as the record says: check it before use ([`Region::checked_cell`]).
+    fn find_series(&self, fam: u32, hash: u32, values: &[&[u8]]) -> Result<(u32, Option<(u32, u32)>), Error> {
         let mut pos = hash;
         for _ in 0..self.off.series_index_cap {
             let v = self.series_index(pos).load(Ordering::Acquire);
@@ -501,12 +594,12 @@ impl Region {
                 return Ok((pos, None));
             }
             let id = v - 1;
-            if self.series_is(id, fam, hash, values) && usable(&self.series(id).state) {
-                return Ok((pos, Some((id, self.series(id).cell))));
+            if self.series_entry_ok(pos, v) && self.series_is(id, fam, hash, values) && usable(&self.series(id).state) {
+                return Ok((pos, Some((id, self.series_rec(id).cell))));
             }
             pos = pos.wrapping_add(1);
         }
-        Err(pos)
+        Err(self.series_index_corrupt())
     }
 
     /// The first cell of series `fam{values}`, creating the series if needed.
@@ -514,30 +607,32 @@ impl Region {
     /// Label values that are not UTF-8 are stored with U+FFFD in place of each
     /// invalid sequence, as the exposition would show them: two values that would
     /// render alike are one series, never two identical-looking ones.
+    ///
+    /// The cell returned is proven in range for what the caller writes: the
+    /// cells of the kind this process defined `fam` as, inside every slot.
     pub fn series_cell(&self, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
-        let f = self.live_family(fam)?;
+        let (f, rec) = self.usable_family(fam)?;
         // The length limit applies to what the caller sent, before replacement.
-        self.check_values(f, values)?;
+        self.check_values(&rec, values)?;
         match sanitized(values) {
             Some(clean) => {
                 let clean: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
-                self.series_cell_checked(f, fam, &clean)
+                self.series_cell_checked(f, &rec, fam, &clean)
             }
-            None => self.series_cell_checked(f, fam, values),
+            None => self.series_cell_checked(f, &rec, fam, values),
         }
     }
 
-    fn series_cell_checked(&self, f: &Family, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
+    fn series_cell_checked(&self, f: &Family, rec: &FamilyRec, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
         let hash = self.series_hash(fam, values);
-        let pos = match self.find_series(fam, hash, values) {
-            Ok((_, Some((_, cell)))) => return self.checked_cell(f, cell),
-            Ok((pos, None)) => pos,
-            Err(_) => return Err(Error::Full("the series index is full".to_string())),
+        let pos = match self.find_series(fam, hash, values)? {
+            (_, Some((id, cell))) => return self.checked_cell(rec, fam, id, cell),
+            (pos, None) => pos,
         };
         let overflow_key = !values.is_empty() && values.iter().all(|v| *v == OVERFLOW_VALUE);
         if overflow_key {
             // The overflow series is outside the family's limit.
-            return self.insert_series(f, fam, hash, values, pos).map(|(cell, _)| cell);
+            return self.insert_series(f, rec, fam, hash, values, pos).map(|(cell, _)| cell);
         }
         // Take a place under the family's own limit first; give it back unless
         // this call is the one that creates the series.
@@ -552,26 +647,35 @@ impl Region {
                 // again, recursing until the stack overflows). A full count
                 // without the series is stale (its creator died after taking
                 // the place) or racing (it is publishing it now).
-                return self.insert_series(f, fam, hash, values, pos).map(|(cell, _)| cell);
+                return self.insert_series(f, rec, fam, hash, values, pos).map(|(cell, _)| cell);
             }
             let overflow = vec![OVERFLOW_VALUE; values.len()];
-            let cell = self.series_cell_checked(f, fam, &overflow)?;
+            let cell = self.series_cell_checked(f, rec, fam, &overflow)?;
             f.overflowed.fetch_add(1, Ordering::Relaxed);
             return Ok(cell | SERIES_OVERFLOW);
         }
-        let r = self.insert_series(f, fam, hash, values, pos);
+        let r = self.insert_series(f, rec, fam, hash, values, pos);
         if !matches!(r, Ok((_, true))) {
             f.series_count.fetch_sub(1, Ordering::Relaxed);
         }
         r.map(|(cell, _)| cell)
     }
 
-    /// A found series' cell, refused if the family's cells would not fit in a
-    /// slot (only a corrupt file can say so; Lua writes there unchecked).
-    fn checked_cell(&self, f: &Family, cell: u32) -> Result<u32, Error> {
-        let need = kind_cells(f);
-        if cell < RESERVED_CELLS || cell as u64 + need as u64 > self.params.max_cells as u64 || need > f.ncells {
-            return Err(Error::Internal(format!("series cell {cell} is out of bounds: the region is corrupt")));
+    /// Series `id`'s cell as its record said, refused unless the cells its
+    /// writers use fit in a slot after the reserved ones (only a corrupt file
+    /// can say otherwise; Lua writes there unchecked).
+    fn checked_cell(&self, rec: &FamilyRec, fam: u32, id: u32, cell: u32) -> Result<u32, Error> {
+        let need = self.defined(fam).map_or(rec.kind_cells(), |(_, cells)| cells);
+        if !cells_in_range(cell, need, self.params.max_cells) {
+            return Err(self.corrupt(
+                CORRUPT_SERIES,
+                id,
+                &format!(
+                    "series record {id}: cells {cell}..{} are not within {RESERVED_CELLS}..{}",
+                    cell as u64 + need as u64,
+                    self.params.max_cells
+                ),
+            ));
         }
         Ok(cell)
     }
@@ -579,9 +683,17 @@ impl Region {
     /// Builds and publishes a new series at or after index position `pos`.
     /// Returns its cell and whether this call created it (false: another
     /// process published the same key first, and its cell is returned).
-    fn insert_series(&self, f: &Family, fam: u32, hash: u32, values: &[&[u8]], mut pos: u32) -> Result<(u32, bool), Error> {
-        let id = match self.build_series(f, fam, hash, values) {
-            Ok(id) => id,
+    fn insert_series(
+        &self,
+        f: &Family,
+        rec: &FamilyRec,
+        fam: u32,
+        hash: u32,
+        values: &[&[u8]],
+        mut pos: u32,
+    ) -> Result<(u32, bool), Error> {
+        let (id, cell) = match self.build_series(rec, fam, hash, values) {
+            Ok(built) => built,
             Err(e) => {
                 f.dropped.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
@@ -590,9 +702,13 @@ impl Region {
         let s = self.series(id);
         let theirs = |oid: u32| -> Result<(u32, bool), Error> {
             s.state.store(STATE_ORPHAN, Ordering::Release);
-            Ok((self.checked_cell(f, self.series(oid).cell)?, false))
+            Ok((self.checked_cell(rec, fam, oid, self.series_rec(oid).cell)?, false))
         };
-        for _ in 0..self.off.series_index_cap {
+        // Every position is looked at most once in all: a corrupt index with
+        // no free entry ends the probe instead of looping forever.
+        let mut budget = self.off.series_index_cap;
+        while budget > 0 {
+            budget -= 1;
             let slot = self.series_index(pos);
             // Release: the entry and its key bytes happen-before every lookup that
             // reaches it through this position (their Acquire load).
@@ -600,38 +716,40 @@ impl Region {
                 Ok(_) => {
                     // Release: exposition takes LIVE entries (Acquire) as complete.
                     let _ = s.state.compare_exchange(STATE_WRITING, STATE_LIVE, Ordering::Release, Ordering::Relaxed);
-                    return Ok((s.cell, true));
+                    // Our own `cell`, not the record's (which the file may have changed since).
+                    return Ok((cell, true));
                 }
                 Err(other) => {
                     let oid = other - 1;
-                    if self.series_is(oid, fam, hash, values) && usable(&self.series(oid).state) {
+                    if self.series_entry_ok(pos, other) && self.series_is(oid, fam, hash, values) && usable(&self.series(oid).state) {
                         return theirs(oid);
                     }
                 }
             }
-            // Occupied by another key (or a deleted twin): keep probing.
-            loop {
+            // Occupied by another key (or a deleted twin): probe on to the next free entry.
+            while budget > 0 {
+                budget -= 1;
                 pos = pos.wrapping_add(1);
                 let v = self.series_index(pos).load(Ordering::Acquire);
                 if v == 0 {
+                    budget += 1; // looked at again by the CAS above
                     break;
                 }
-                if self.series_is(v - 1, fam, hash, values) && usable(&self.series(v - 1).state) {
+                if self.series_entry_ok(pos, v) && self.series_is(v - 1, fam, hash, values) && usable(&self.series(v - 1).state) {
                     return theirs(v - 1);
                 }
             }
         }
         s.state.store(STATE_ORPHAN, Ordering::Release);
-        Err(Error::Full("the series index is full".to_string()))
+        Err(self.series_index_corrupt())
     }
 
-    fn build_series(&self, f: &Family, fam: u32, hash: u32, values: &[&[u8]]) -> Result<u32, Error> {
+    /// Claims, writes and returns a new series record `(id, cell)`, not yet published.
+    fn build_series(&self, rec: &FamilyRec, fam: u32, hash: u32, values: &[&[u8]]) -> Result<(u32, u32), Error> {
         let h = self.header();
-        // Callers write the cells of the kind from the returned cell on: a record
-        // with fewer `ncells` (a corrupt file) would hand out a range they overrun.
-        if kind_cells(f) > f.ncells {
-            return Err(Error::Internal(format!("family {fam} has {} cells per series: the region is corrupt", f.ncells)));
-        }
+        // Callers write the cells of the kind they defined from the returned
+        // cell on; `rec` was checked against that (family_check).
+        let ncells = self.defined(fam).map_or(rec.kind_cells(), |(_, cells)| cells);
         // Check every capacity before taking anything: a refused series then
         // uses up nothing (a race between two creators near the limit can
         // still leave a few unused cells or bytes behind).
@@ -639,7 +757,7 @@ impl Region {
         if h.series_used.load(Ordering::Relaxed) >= self.params.max_series {
             return Err(Error::Full(format!("all {} series are used; raise max_series", self.params.max_series)));
         }
-        if h.cells_used.load(Ordering::Relaxed) as u64 + f.ncells as u64 > self.params.max_cells as u64 {
+        if h.cells_used.load(Ordering::Relaxed) as u64 + ncells as u64 > self.params.max_cells as u64 {
             return Err(Error::Full("all cells are used; raise max_cells".to_string()));
         }
         if h.arena_used.load(Ordering::Relaxed) + key_len + 4 > self.params.arena_bytes {
@@ -649,6 +767,11 @@ impl Region {
             Error::Full(format!("all {} series are used; raise max_series", self.params.max_series))
         })?;
         let s = self.series(id);
+        // The record may hold anything (an unused record of a corrupt file):
+        // WRITING first, so that no reader takes it for a published one.
+        // Relaxed: lookups reach it only through the index CAS (Release); the
+        // exposition loads the state with Acquire and skips WRITING.
+        s.state.store(STATE_WRITING, Ordering::Relaxed);
         let fail = |msg: &str| {
             s.state.store(STATE_ORPHAN, Ordering::Release);
             Error::Full(msg.to_string())
@@ -659,24 +782,32 @@ impl Region {
             key.extend_from_slice(v);
         }
         let key_off = self.arena_put(&[&key], 4).ok_or_else(|| fail("the arena is full; raise arena_bytes"))?;
-        let cell = bump_u32(&h.cells_used, f.ncells, self.params.max_cells)
+        let cell = bump_u32(&h.cells_used, ncells, self.params.max_cells)
             .ok_or_else(|| fail("all cells are used; raise max_cells"))?;
-        // SAFETY: series `id` is ours alone until published (bump_u32 handed it out).
-        unsafe {
-            let p = s as *const Series as *mut Series;
-            (*p).family = fam;
-            (*p).key_off = key_off;
-            (*p).key_len = key.len() as u32;
-            (*p).cell = cell;
-            (*p).hash = hash;
+        // A corrupt `cells_used` (below the reserved cells) would hand out
+        // cells that are not a series'.
+        if !cells_in_range(cell, ncells, self.params.max_cells) {
+            s.state.store(STATE_ORPHAN, Ordering::Release);
+            return Err(self.corrupt(CORRUPT_HEADER, 0, &format!("cells_used handed out cell {cell}, a reserved cell")));
         }
-        Ok(id)
+        let p = self.series_ptr(id);
+        // SAFETY: `p` comes from the mapping's base (writable) and is in bounds;
+        // series `id` is ours alone until published (bump_u32 handed it out);
+        // the `s` reference is only used for `state`, an atomic field.
+        unsafe {
+            addr_of_mut!((*p).family).write(fam);
+            addr_of_mut!((*p).key_off).write(key_off);
+            addr_of_mut!((*p).key_len).write(key.len() as u32);
+            addr_of_mut!((*p).cell).write(cell);
+            addr_of_mut!((*p).hash).write(hash);
+        }
+        Ok((id, cell))
     }
 
     /// Deletes `fam{values}`; `Ok(false)` if it did not exist.
     pub fn delete_series(&self, fam: u32, values: &[&[u8]]) -> Result<bool, Error> {
-        let f = self.live_family(fam)?;
-        self.check_values(f, values)?;
+        let (f, rec) = self.usable_family(fam)?;
+        self.check_values(&rec, values)?;
         if let Some(clean) = sanitized(values) {
             let clean: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
             return self.delete_checked(f, fam, &clean);
@@ -686,7 +817,7 @@ impl Region {
 
     fn delete_checked(&self, f: &Family, fam: u32, values: &[&[u8]]) -> Result<bool, Error> {
         let hash = self.series_hash(fam, values);
-        let Ok((_, Some((id, _)))) = self.find_series(fam, hash, values) else { return Ok(false) };
+        let Some((id, _)) = self.find_series(fam, hash, values)?.1 else { return Ok(false) };
         let s = self.series(id);
         let gone = [STATE_LIVE, STATE_WRITING]
             .iter()
@@ -708,7 +839,7 @@ impl Region {
         let mut n = 0;
         for id in 0..used {
             let s = self.series(id);
-            if s.family == fam
+            if self.series_rec(id).family == fam
                 && s.state.compare_exchange(STATE_LIVE, STATE_DELETED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
             {
                 n += 1;
@@ -723,6 +854,7 @@ impl Region {
 
     /// Whether `s` is its family's overflow series (every value `__overflow__`).
     pub fn is_overflow_series(&self, f: &Family, s: &Series) -> bool {
+        let (f, s) = (FamilyRec::read(f), SeriesRec::read(s));
         if f.nlabels == 0 {
             return false;
         }
@@ -771,17 +903,6 @@ pub fn exposed_names(name: &[u8], kind: u32) -> Vec<Vec<u8>> {
     }
     v.dedup();
     v
-}
-
-/// Cells a series of `f` uses from its first cell on, by kind: what writers
-/// (Lua) and the exposition access. A record's own `ncells` says the same
-/// unless the file is corrupt.
-pub(crate) fn kind_cells(f: &Family) -> u32 {
-    match f.kind {
-        KIND_COUNTER => 1,
-        KIND_GAUGE => GAUGE_CELLS,
-        _ => f.nbounds.min(MAX_BUCKETS as u32) + 2,
-    }
 }
 
 /// Whether an entry reached through an index may be used, promoting it to

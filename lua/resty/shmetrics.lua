@@ -64,6 +64,7 @@ int32_t shmetrics_reset(const shmetrics_region *r, uint32_t fam);
 int32_t shmetrics_claim_slot(const shmetrics_region *r);
 double *shmetrics_slot_cells(const shmetrics_region *r, uint32_t slot);
 void shmetrics_count_error(const shmetrics_region *r, uint32_t reason);
+size_t shmetrics_corrupt_notice(const shmetrics_region *r, char *buf, size_t cap);
 void shmetrics_observe(double *cells, uint32_t base, const double *bounds,
                        uint32_t nbounds, double v);
 int32_t shmetrics_render_open(const shmetrics_region *r, uint32_t format,
@@ -193,6 +194,15 @@ end
 local function log(level, ...)
     if ngx and ngx.log then
         ngx.log(level, ...)
+    end
+end
+
+-- Logs what the library found corrupt in the region file since the last
+-- time (it rate-limits: at most one message every 10 seconds per process).
+local function log_corrupt(reg)
+    local n = tonumber(lib.shmetrics_corrupt_notice(reg.h, errbuf, errbuf_len))
+    if n > 0 then
+        log(ngx and ngx.ERR, "shmetrics: ", ffi_string(errbuf, n < errbuf_len and n or errbuf_len))
     end
 end
 
@@ -397,6 +407,7 @@ local function resolve(self, lv)
         if rc == E_FULL then
             warn_once(self, "full", err)
         end
+        log_corrupt(self.reg)
         return nil, err, reason_of(rc)
     end
     if rc >= SERIES_OVERFLOW then
@@ -652,7 +663,9 @@ function Metric:del(lv)
         anchors[i] = nil
     end
     if rc < 0 then
-        return fail(self, self.name .. ": " .. last_error(rc), reason_of(rc))
+        local err = self.name .. ": " .. last_error(rc)
+        log_corrupt(self.reg)
+        return fail(self, err, reason_of(rc))
     end
     return true
 end
@@ -661,7 +674,9 @@ end
 function Metric:reset()
     local rc = lib.shmetrics_reset(self.reg.h, self.fam)
     if rc < 0 then
-        return nil, self.name .. ": " .. last_error(rc)
+        local err = self.name .. ": " .. last_error(rc)
+        log_corrupt(self.reg)
+        return nil, err
     end
     return true
 end
@@ -872,6 +887,7 @@ local function render(self, format, names, emit, pause)
     if rc < 0 then
         return nil, last_error(rc)
     end
+    log_corrupt(self)
     return true
 end
 
