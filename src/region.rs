@@ -668,7 +668,7 @@ impl Region {
                 if f.state.load(Ordering::Acquire) != STATE_LIVE {
                     continue;
                 }
-                let need = crate::store::kind_cells(f);
+                let need = crate::check::cells_of(f.kind, f.nbounds);
                 let end = s.cell as u64 + need as u64;
                 if need <= f.ncells && end <= p.max_cells as u64 {
                     cells = cells.max(end as u32);
