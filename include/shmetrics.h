@@ -54,6 +54,19 @@ typedef struct shmetrics_render shmetrics_render;
 #define SHMETRICS_FLAG_RESET 1
 
 /*
+ `shmetrics_options.flags`: the exposition follows the configuration. When this
+ call maps the file (not on reload), every stored family is hidden until a
+ definition names it again, so a family the configuration dropped disappears.
+ */
+#define SHMETRICS_FLAG_FOLLOW_CONFIG 2
+
+/*
+ Added to `shmetrics_family`'s `kind`: a stored family of the same name whose
+ definition differs (type, labels, buckets) is replaced instead of refused.
+ */
+#define SHMETRICS_FAMILY_REPLACE 256
+
+/*
  Exposition formats for `shmetrics_render_open`: Prometheus text 0.0.4.
  */
 #define SHMETRICS_FORMAT_TEXT 0
@@ -129,7 +142,10 @@ int32_t shmetrics_open(const char *path,
 
 /*
  Defines a metric family (or finds the identical existing one) and returns its id.
- `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
+ `kind`: 0 counter, 1 gauge, 2 histogram, plus `SHMETRICS_FAMILY_REPLACE` to
+ replace a stored family of the same name whose definition differs (its
+ series leave the exposition) instead of failing with `SHMETRICS_E_CONFLICT`.
+ `bounds` are the finite bucket bounds of a histogram.
  `max_series` limits the family's label sets (0: no limit of its own); beyond
  it, updates go to one overflow series whose label values are all `__overflow__`.
 

@@ -44,6 +44,14 @@ pub const SHMETRICS_OPEN_REUSED: i32 = 3;
 
 /// `shmetrics_options.flags`: discard an existing file (not on reload).
 pub const SHMETRICS_FLAG_RESET: u32 = 1;
+/// `shmetrics_options.flags`: the exposition follows the configuration. When this
+/// call maps the file (not on reload), every stored family is hidden until a
+/// definition names it again, so a family the configuration dropped disappears.
+pub const SHMETRICS_FLAG_FOLLOW_CONFIG: u32 = 2;
+
+/// Added to `shmetrics_family`'s `kind`: a stored family of the same name whose
+/// definition differs (type, labels, buckets) is replaced instead of refused.
+pub const SHMETRICS_FAMILY_REPLACE: u32 = 256;
 
 /// Exposition formats for `shmetrics_render_open`: Prometheus text 0.0.4.
 pub const SHMETRICS_FORMAT_TEXT: u32 = 0;
@@ -188,6 +196,7 @@ pub unsafe extern "C" fn shmetrics_open(
             }
             let mut params = Params::default();
             let mut reset = false;
+            let mut follow = false;
             // SAFETY: caller contract: NULL or a valid options struct.
             if let Some(o) = unsafe { opts.as_ref() } {
                 let pick = |v: u32, d: u32| if v == 0 { d } else { v };
@@ -198,9 +207,13 @@ pub unsafe extern "C" fn shmetrics_open(
                 params.max_cells = o.max_cells;
                 params.arena_bytes = o.arena_bytes;
                 reset = o.flags & SHMETRICS_FLAG_RESET != 0;
+                follow = o.flags & SHMETRICS_FLAG_FOLLOW_CONFIG != 0;
             }
             let path = Path::new(std::ffi::OsStr::from_bytes(path));
             let (r, how) = region::open(path, params, reset)?;
+            if follow && how != Opened::Reused {
+                r.begin_configuration();
+            }
             // SAFETY: `out` checked non-NULL above.
             unsafe { *out = r };
             Ok(match how {
@@ -218,7 +231,10 @@ pub unsafe extern "C" fn shmetrics_open(
 }
 
 /// Defines a metric family (or finds the identical existing one) and returns its id.
-/// `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
+/// `kind`: 0 counter, 1 gauge, 2 histogram, plus `SHMETRICS_FAMILY_REPLACE` to
+/// replace a stored family of the same name whose definition differs (its
+/// series leave the exposition) instead of failing with `SHMETRICS_E_CONFLICT`.
+/// `bounds` are the finite bucket bounds of a histogram.
 /// `max_series` limits the family's label sets (0: no limit of its own); beyond
 /// it, updates go to one overflow series whose label values are all `__overflow__`.
 ///
@@ -243,6 +259,8 @@ pub unsafe extern "C" fn shmetrics_family(
         let run = || -> Result<i32, Error> {
             // SAFETY: caller contract for every pointer below.
             let r = unsafe { region(r) }?;
+            let replace = kind & SHMETRICS_FAMILY_REPLACE != 0;
+            let kind = kind & !SHMETRICS_FAMILY_REPLACE;
             let name = unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?;
             let help = unsafe { bytes(help, help_len) }.ok_or_else(|| Error::invalid("bad argument \"help\": NULL".into()))?;
             if nlabels as usize > MAX_LABELS {
@@ -259,7 +277,8 @@ pub unsafe extern "C" fn shmetrics_family(
                 unsafe { std::slice::from_raw_parts(bounds, nbounds as usize) }
             };
             let def = store::FamilyDef { kind, name, help, labels: &labels, bounds, max_series };
-            Ok(r.define_family(&def)? as i32)
+            let fam = if replace { r.define_family_replacing(&def)? } else { r.define_family(&def)? };
+            Ok(fam as i32)
         };
         run().unwrap_or_else(|e| fail(&e))
     })

@@ -14,7 +14,7 @@ pub const MAGIC: [u8; 8] = *b"SHMETRC\x01";
 /// Incompatible layout changes.
 pub const LAYOUT_MAJOR: u16 = 1;
 /// Compatible additions (readers of an older minor ignore new fields).
-pub const LAYOUT_MINOR: u16 = 0;
+pub const LAYOUT_MINOR: u16 = 1;
 
 /// Cells at the start of every slot that do not belong to a series.
 pub const RESERVED_CELLS: u32 = 32;
@@ -103,14 +103,23 @@ pub struct Header {
     pub families_used: AtomicU32,
     pub series_used: AtomicU32,
     pub cells_used: AtomicU32,
-    pub _pad2: u32,
+    /// Layout 1.1: which configuration the exposition follows; bumped each time a
+    /// new nginx master maps the region (a start, a binary upgrade; not a reload).
+    /// A family is shown only while its [`Family::epoch`] equals it.
+    pub config_epoch: AtomicU32,
     pub arena_used: AtomicU64,
     /// Updates dropped because no slot was free (no slot to count them in).
     pub no_slot_errors: AtomicU64,
-    pub _pad3: [u8; 32],
+    /// Layout 1.1: the owner word (as [`Slot::owner`]) of the nginx master that
+    /// maps the region; 0 if none recorded. Another live master is refused.
+    pub master: AtomicU64,
+    pub _pad3: [u8; 24],
 }
 const _: () = assert!(std::mem::size_of::<Header>() == 256);
 const _: () = assert!(std::mem::align_of::<Header>() == 64);
+// Layout 1.1 fields sit where 1.0 had zero padding (docs/layout.md §2.3).
+const _: () = assert!(std::mem::offset_of!(Header, config_epoch) == 204);
+const _: () = assert!(std::mem::offset_of!(Header, master) == 224);
 
 /// [`Header::origin`]: no file was there.
 pub const ORIGIN_NEW: u32 = 0;
@@ -171,12 +180,15 @@ pub struct Family {
     pub dropped: AtomicU64,
     /// Live series of this family, the overflow series excluded.
     pub series_count: AtomicU32,
-    pub _pad0: u32,
+    /// Layout 1.1: the [`Header::config_epoch`] of the configuration that last
+    /// defined this family; the family is shown only while the two are equal.
+    pub epoch: AtomicU32,
     /// Updates sent to the overflow series because of `max_series`.
     pub overflowed: AtomicU64,
     pub _pad1: [u8; 48],
 }
 const _: () = assert!(std::mem::size_of::<Family>() == 128);
+const _: () = assert!(std::mem::offset_of!(Family, epoch) == 68);
 
 /// Label value of every label of a family's overflow series.
 pub const OVERFLOW_VALUE: &[u8] = b"__overflow__";

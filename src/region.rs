@@ -131,8 +131,35 @@ impl Drop for Fd {
 }
 
 fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened), Error> {
+    let (r, opened) = map_file_unowned(path, params, reset)?;
+    r.record_master();
+    Ok((r, opened))
+}
+
+/// The master recorded in the header of the region file at `path` (layout 1.1,
+/// [`Header::master`]), 0 when there is none, no file or no region header.
+fn recorded_master(c: &CString) -> u64 {
+    // SAFETY: `c` is a valid NUL-terminated path; O_NOFOLLOW as everywhere here.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return 0;
+    }
+    let fd = Fd(fd);
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is a valid writable buffer of the given length.
+    let n = unsafe { libc::pread(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let at = std::mem::offset_of!(Header, master);
+    if n != buf.len() as isize || buf[..8] != MAGIC || u16::from_le_bytes([buf[8], buf[9]]) != LAYOUT_MAJOR {
+        return 0;
+    }
+    u64::from_le_bytes(buf[at..at + 8].try_into().unwrap())
+}
+
+fn map_file_unowned(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened), Error> {
     let off = params.offsets();
     let c = cpath(path)?;
+    // Before anything else, even a reset: never replace or join another nginx's region.
+    crate::store::check_master(recorded_master(&c), path)?;
     let mut recreated = None;
     if !reset {
         // SAFETY: `c` is a valid NUL-terminated path.

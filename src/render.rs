@@ -108,7 +108,9 @@ impl Render {
             // from a corrupt file, and would make Prometheus drop the whole scrape.
             let valid = expo::is_valid_metric_name(name)
                 && region.fam_labels(f).iter().all(|l| expo::is_valid_label_name(l));
-            if list.is_empty() || !valid || !filter.wants(name, f.kind) {
+            // Listed series stay listed when their family is replaced or left out
+            // of the configuration: the family decides here, every scrape.
+            if list.is_empty() || !valid || !region.family_visible(f) || !filter.wants(name, f.kind) {
                 continue;
             }
             groups.push((fam, order.len(), order.len() + list.len()));
