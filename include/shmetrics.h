@@ -166,6 +166,17 @@ int32_t shmetrics_family(const shmetrics_region *r,
                          uint32_t max_series);
 
 /*
+ Exposes an unlabelled counter named `name` after the self-metrics: every
+ hot-path error plus the `log_error` calls (reserved cell 19). It takes no
+ series. `name_len == 0` removes it. Applies to the calling process and the
+ workers it forks afterwards. Returns 0 or `SHMETRICS_E_INVALID`.
+
+ # Safety
+ `r` is a handle from `shmetrics_open`; `name`/`name_len` describe readable memory.
+ */
+int32_t shmetrics_error_metric(const shmetrics_region *r, const char *name, size_t name_len);
+
+/*
  Pointer to family `fam`'s deletion generation (changes on `del`/`reset`), or NULL.
 
  # Safety

@@ -284,6 +284,32 @@ pub unsafe extern "C" fn shmetrics_family(
     })
 }
 
+/// Exposes an unlabelled counter named `name` after the self-metrics: every
+/// hot-path error plus the `log_error` calls (reserved cell 19). It takes no
+/// series. `name_len == 0` removes it. Applies to the calling process and the
+/// workers it forks afterwards. Returns 0 or `SHMETRICS_E_INVALID`.
+///
+/// # Safety
+/// `r` is a handle from `shmetrics_open`; `name`/`name_len` describe readable memory.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_error_metric(r: *const shmetrics_region, name: *const c_char, name_len: usize) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            // SAFETY: caller contract.
+            let r = unsafe { region(r) }?;
+            let name = if name_len == 0 {
+                &[][..]
+            } else {
+                // SAFETY: caller contract.
+                unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?
+            };
+            r.set_error_metric(name)?;
+            Ok(SHMETRICS_OK)
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
 /// Pointer to family `fam`'s deletion generation (changes on `del`/`reset`), or NULL.
 ///
 /// # Safety

@@ -59,7 +59,11 @@ pub const REASONS: [&str; 11] = [
     "internal",
 ];
 pub const REASON_NO_SLOT: u32 = 8;
-const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= RESERVED_CELLS as usize);
+/// Reserved cell (layout 1.1): errors reported with the Lua `log_error`, which
+/// the error counter (`shmetrics_error_metric`) adds to the hot-path errors.
+pub const CELL_LOG_ERRORS: u32 = 19;
+const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= CELL_LOG_ERRORS as usize);
+const _: () = assert!(CELL_LOG_ERRORS < RESERVED_CELLS);
 
 /// Series and family states.
 pub const STATE_WRITING: u32 = 0;

@@ -43,6 +43,9 @@ pub struct Region {
     pub(crate) label_cache: Mutex<Vec<Option<Box<[u8]>>>>,
     /// This process's live series by family (see `render::Scan`).
     pub(crate) scan: Mutex<crate::render::Scan>,
+    /// Name of the error counter this process exposes (empty: none); see
+    /// `Region::set_error_metric`. Per process: workers inherit the master's.
+    pub(crate) error_metric: Mutex<Vec<u8>>,
 }
 
 // SAFETY: a `Region` is a pointer into a `MAP_SHARED` mapping that stays mapped for
@@ -139,8 +142,11 @@ fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened)
 /// The master recorded in the header of the region file at `path` (layout 1.1,
 /// [`Header::master`]), 0 when there is none, no file or no region header.
 fn recorded_master(c: &CString) -> u64 {
-    // SAFETY: `c` is a valid NUL-terminated path; O_NOFOLLOW as everywhere here.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    // SAFETY: `c` is a valid NUL-terminated path. O_NOFOLLOW as everywhere here;
+    // O_NONBLOCK so that a FIFO at the path does not wait for a writer (pread then
+    // fails on it, and map_file refuses it with its own message).
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
     if fd < 0 {
         return 0;
     }
@@ -379,6 +385,7 @@ impl Region {
             my_slot: AtomicU64::new(0),
             label_cache: Mutex::new(Vec::new()),
             scan: Mutex::new(crate::render::Scan::default()),
+            error_metric: Mutex::new(Vec::new()),
         }
     }
 

@@ -445,6 +445,19 @@ impl Render {
             b"Updates refused on the hot path (nil, err returned), by reason.",
             &errors,
         );
+        let error_metric = r.error_metric.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !error_metric.is_empty() {
+            // Validated as a metric name when it was set.
+            let logged: f64 = self.slots.iter().map(|&s| r.cell(s, CELL_LOG_ERRORS)).sum();
+            let total = errors.iter().map(|e| e.2).sum::<f64>() + logged;
+            family(
+                out,
+                as_str(&error_metric),
+                KIND_COUNTER,
+                b"Errors while recording metrics: hot-path updates refused, and log_error calls.",
+                &[("", "", total)],
+            );
+        }
         let used = h.series_used.load(Ordering::Relaxed).min(r.params.max_series);
         family(
             out,

@@ -142,6 +142,28 @@ pub(crate) fn check_master(word: u64, path: &std::path::Path) -> Result<(), Erro
 }
 
 impl Region {
+    /// Exposes an unlabelled counter named `name` (nginx-lua-prometheus's
+    /// `nginx_metric_errors_total`) after the self-metrics: every hot-path error
+    /// of every reason, plus the `log_error` calls counted in `CELL_LOG_ERRORS`.
+    /// It takes no series. An empty name removes it. This process's setting:
+    /// workers forked afterwards inherit it.
+    pub fn set_error_metric(&self, name: &[u8]) -> Result<(), Error> {
+        if !name.is_empty() && (name.len() > MAX_NAME_BYTES || !expo::is_valid_metric_name(name)) {
+            return Err(Error::invalid(format!(
+                "bad option \"error_metric_name\": \"{}\" is not a valid metric name",
+                show(name)
+            )));
+        }
+        if name.starts_with(b"shmetrics_") {
+            return Err(Error::invalid(format!(
+                "bad option \"error_metric_name\": \"{}\": the prefix shmetrics_ is reserved",
+                show(name)
+            )));
+        }
+        *self.error_metric.lock().unwrap_or_else(|e| e.into_inner()) = name.to_vec();
+        Ok(())
+    }
+
     /// Records the calling process as the master that maps this region (see
     /// [`check_master`]).
     pub(crate) fn record_master(&self) {
