@@ -55,7 +55,8 @@ typedef struct shmetrics_render shmetrics_render;
 
 /*
  `shmetrics_options.flags`: the exposition follows the configuration. When this
- call maps the file (not on reload), every stored family is hidden until a
+ call maps the file (not on reload, nor in a binary upgrade's new master),
+ every stored family is hidden until a
  definition names it again, so a family the configuration dropped disappears.
  */
 #define SHMETRICS_FLAG_FOLLOW_CONFIG 2

@@ -45,7 +45,8 @@ pub const SHMETRICS_OPEN_REUSED: i32 = 3;
 /// `shmetrics_options.flags`: discard an existing file (not on reload).
 pub const SHMETRICS_FLAG_RESET: u32 = 1;
 /// `shmetrics_options.flags`: the exposition follows the configuration. When this
-/// call maps the file (not on reload), every stored family is hidden until a
+/// call maps the file (not on reload, nor in a binary upgrade's new master),
+/// every stored family is hidden until a
 /// definition names it again, so a family the configuration dropped disappears.
 pub const SHMETRICS_FLAG_FOLLOW_CONFIG: u32 = 2;
 
@@ -211,7 +212,7 @@ pub unsafe extern "C" fn shmetrics_open(
             }
             let path = Path::new(std::ffi::OsStr::from_bytes(path));
             let (r, how) = region::open(path, params, reset)?;
-            if follow && how != Opened::Reused {
+            if follow && how != Opened::Reused && !store::joined_parent() {
                 r.begin_configuration();
             }
             // SAFETY: `out` checked non-NULL above.

@@ -131,6 +131,8 @@ pub(crate) fn check_master(word: u64, path: &std::path::Path) -> Result<(), Erro
     }
     // SAFETY: getppid has no preconditions.
     if pid as i32 == unsafe { libc::getppid() } {
+        // Relaxed: read later by this same thread's caller (see joined_parent).
+        JOINED_PARENT.store(true, Ordering::Relaxed);
         return Ok(());
     }
     Err(Error::Io(format!(
@@ -139,6 +141,18 @@ pub(crate) fn check_master(word: u64, path: &std::path::Path) -> Result<(), Erro
          shmetrics.init (or stop the other one)",
         path.display()
     )))
+}
+
+/// Set when this process mapped a region whose master is its live parent (a
+/// binary upgrade's new master).
+static JOINED_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process joined a region of its parent (a binary upgrade): its
+/// open must not start a new configuration, since the old master's workers
+/// are still being scraped and every family would vanish until this master's
+/// definitions name it again.
+pub fn joined_parent() -> bool {
+    JOINED_PARENT.load(Ordering::Relaxed)
 }
 
 impl Region {

@@ -353,7 +353,10 @@ local function fail(self, err, reason)
         -- inherit.
         lib.shmetrics_count_error(self.reg.h, reason)
     end
-    log_failure(self, err, reason)
+    if reason ~= R.no_slot then
+        -- (attach_slot logs a failed claim itself, at most once a second)
+        log_failure(self, err, reason)
+    end
     return nil, err
 end
 
