@@ -102,7 +102,7 @@ function M.render(what, runs)
     if what == "raw" then
         f = function() size = raw_render() end
     else
-        f = function() size = #M.prometheus:metric_data() end
+        f = function() size = #M.prometheus:metric_data("text") end
     end
     local ok, first, wall, cpu = pcall(timed, f, runs)
     if not ok then

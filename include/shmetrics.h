@@ -54,6 +54,20 @@ typedef struct shmetrics_render shmetrics_render;
 #define SHMETRICS_FLAG_RESET 1
 
 /*
+ `shmetrics_options.flags`: the exposition follows the configuration. When this
+ call maps the file (not on reload, nor in a binary upgrade's new master),
+ every stored family is hidden until a
+ definition names it again, so a family the configuration dropped disappears.
+ */
+#define SHMETRICS_FLAG_FOLLOW_CONFIG 2
+
+/*
+ Added to `shmetrics_family`'s `kind`: a stored family of the same name whose
+ definition differs (type, labels, buckets) is replaced instead of refused.
+ */
+#define SHMETRICS_FAMILY_REPLACE 256
+
+/*
  Exposition formats for `shmetrics_render_open`: Prometheus text 0.0.4.
  */
 #define SHMETRICS_FORMAT_TEXT 0
@@ -129,10 +143,13 @@ int32_t shmetrics_open(const char *path,
 
 /*
  Defines a metric family (or finds the identical existing one) and returns its id.
- `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
+ `kind`: 0 counter, 1 gauge, 2 histogram, plus `SHMETRICS_FAMILY_REPLACE` to
+ replace a stored family of the same name whose definition differs (its
+ series leave the exposition) instead of failing with `SHMETRICS_E_CONFLICT`.
+ `bounds` are the finite bucket bounds of a histogram.
  `max_series` limits the family's label sets (0: the default limit, a quarter of
- the region's `max_series` and at least 1,000); beyond it, updates go to one
- overflow series whose label values are all `__overflow__`.
+ the region's `max_series` and at least 1,000); beyond
+ it, updates go to one overflow series whose label values are all `__overflow__`.
 
  # Safety
  Every pointer/length pair must describe readable memory; `labels`/`label_lens` hold `nlabels` entries.
@@ -149,6 +166,17 @@ int32_t shmetrics_family(const shmetrics_region *r,
                          const double *bounds,
                          uint32_t nbounds,
                          uint32_t max_series);
+
+/*
+ Exposes an unlabelled counter named `name` after the self-metrics: every
+ hot-path error plus the `log_error` calls (reserved cell 19). It takes no
+ series. `name_len == 0` removes it. Applies to the calling process and the
+ workers it forks afterwards. Returns 0 or `SHMETRICS_E_INVALID`.
+
+ # Safety
+ `r` is a handle from `shmetrics_open`; `name`/`name_len` describe readable memory.
+ */
+int32_t shmetrics_error_metric(const shmetrics_region *r, const char *name, size_t name_len);
 
 /*
  Pointer to family `fam`'s deletion generation (changes on `del`/`reset`), or NULL.

@@ -44,6 +44,15 @@ pub const SHMETRICS_OPEN_REUSED: i32 = 3;
 
 /// `shmetrics_options.flags`: discard an existing file (not on reload).
 pub const SHMETRICS_FLAG_RESET: u32 = 1;
+/// `shmetrics_options.flags`: the exposition follows the configuration. When this
+/// call maps the file (not on reload, nor in a binary upgrade's new master),
+/// every stored family is hidden until a
+/// definition names it again, so a family the configuration dropped disappears.
+pub const SHMETRICS_FLAG_FOLLOW_CONFIG: u32 = 2;
+
+/// Added to `shmetrics_family`'s `kind`: a stored family of the same name whose
+/// definition differs (type, labels, buckets) is replaced instead of refused.
+pub const SHMETRICS_FAMILY_REPLACE: u32 = 256;
 
 /// Exposition formats for `shmetrics_render_open`: Prometheus text 0.0.4.
 pub const SHMETRICS_FORMAT_TEXT: u32 = 0;
@@ -191,6 +200,7 @@ pub unsafe extern "C" fn shmetrics_open(
             }
             let mut params = Params::default();
             let mut reset = false;
+            let mut follow = false;
             // SAFETY: caller contract: NULL or a valid options struct.
             if let Some(o) = unsafe { opts.as_ref() } {
                 let pick = |v: u32, d: u32| if v == 0 { d } else { v };
@@ -201,9 +211,13 @@ pub unsafe extern "C" fn shmetrics_open(
                 params.max_cells = o.max_cells;
                 params.arena_bytes = o.arena_bytes;
                 reset = o.flags & SHMETRICS_FLAG_RESET != 0;
+                follow = o.flags & SHMETRICS_FLAG_FOLLOW_CONFIG != 0;
             }
             let path = Path::new(std::ffi::OsStr::from_bytes(path));
             let (r, how) = region::open(path, params, reset)?;
+            if follow && how != Opened::Reused && !store::joined_parent() {
+                r.begin_configuration();
+            }
             // SAFETY: `out` checked non-NULL above.
             unsafe { *out = r };
             Ok(match how {
@@ -221,10 +235,13 @@ pub unsafe extern "C" fn shmetrics_open(
 }
 
 /// Defines a metric family (or finds the identical existing one) and returns its id.
-/// `kind`: 0 counter, 1 gauge, 2 histogram. `bounds` are the finite bucket bounds of a histogram.
+/// `kind`: 0 counter, 1 gauge, 2 histogram, plus `SHMETRICS_FAMILY_REPLACE` to
+/// replace a stored family of the same name whose definition differs (its
+/// series leave the exposition) instead of failing with `SHMETRICS_E_CONFLICT`.
+/// `bounds` are the finite bucket bounds of a histogram.
 /// `max_series` limits the family's label sets (0: the default limit, a quarter of
-/// the region's `max_series` and at least 1,000); beyond it, updates go to one
-/// overflow series whose label values are all `__overflow__`.
+/// the region's `max_series` and at least 1,000); beyond
+/// it, updates go to one overflow series whose label values are all `__overflow__`.
 ///
 /// # Safety
 /// Every pointer/length pair must describe readable memory; `labels`/`label_lens` hold `nlabels` entries.
@@ -247,6 +264,8 @@ pub unsafe extern "C" fn shmetrics_family(
         let run = || -> Result<i32, Error> {
             // SAFETY: caller contract for every pointer below.
             let r = unsafe { region(r) }?;
+            let replace = kind & SHMETRICS_FAMILY_REPLACE != 0;
+            let kind = kind & !SHMETRICS_FAMILY_REPLACE;
             // SAFETY: caller contract: a pointer to `name_len` bytes.
             let name = unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?;
             // SAFETY: caller contract: a pointer to `help_len` bytes.
@@ -269,7 +288,34 @@ pub unsafe extern "C" fn shmetrics_family(
             // 0: the default limit, so that no family can take every series.
             let max_series = if max_series == 0 { r.params.default_family_cap() } else { max_series };
             let def = store::FamilyDef { kind, name, help, labels: &labels, bounds, max_series };
-            Ok(r.define_family(&def)? as i32)
+            let fam = if replace { r.define_family_replacing(&def)? } else { r.define_family(&def)? };
+            Ok(fam as i32)
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Exposes an unlabelled counter named `name` after the self-metrics: every
+/// hot-path error plus the `log_error` calls (reserved cell 19). It takes no
+/// series. `name_len == 0` removes it. Applies to the calling process and the
+/// workers it forks afterwards. Returns 0 or `SHMETRICS_E_INVALID`.
+///
+/// # Safety
+/// `r` is a handle from `shmetrics_open`; `name`/`name_len` describe readable memory.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_error_metric(r: *const shmetrics_region, name: *const c_char, name_len: usize) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            // SAFETY: caller contract.
+            let r = unsafe { region(r) }?;
+            let name = if name_len == 0 {
+                &[][..]
+            } else {
+                // SAFETY: caller contract.
+                unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?
+            };
+            r.set_error_metric(name)?;
+            Ok(SHMETRICS_OK)
         };
         run().unwrap_or_else(|e| fail(&e))
     })

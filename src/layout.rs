@@ -59,7 +59,11 @@ pub const REASONS: [&str; 11] = [
     "internal",
 ];
 pub const REASON_NO_SLOT: u32 = 8;
-const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= RESERVED_CELLS as usize);
+/// Reserved cell (layout 1.1): errors reported with the Lua `log_error`, which
+/// the error counter (`shmetrics_error_metric`) adds to the hot-path errors.
+pub const CELL_LOG_ERRORS: u32 = 19;
+const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= CELL_LOG_ERRORS as usize);
+const _: () = assert!(CELL_LOG_ERRORS < RESERVED_CELLS);
 
 /// Reserved cells `CELL_CORRUPT + what`: records of a corrupt file that this
 /// process found and skipped, by what failed a check (layout 1.1).
@@ -115,17 +119,27 @@ pub struct Header {
     pub families_used: AtomicU32,
     pub series_used: AtomicU32,
     pub cells_used: AtomicU32,
-    pub _pad2: u32,
+    /// Layout 1.1: which configuration the exposition follows; bumped each time a
+    /// new nginx master maps the region (a start, a binary upgrade; not a reload).
+    /// A family is shown only while its [`Family::epoch`] equals it.
+    pub config_epoch: AtomicU32,
     pub arena_used: AtomicU64,
     /// Updates dropped because no slot was free (no slot to count them in).
     pub no_slot_errors: AtomicU64,
+    /// Layout 1.1: the owner word (as [`Slot::owner`]) of the nginx master that
+    /// maps the region; 0 if none recorded. Another live master is refused.
+    pub master: AtomicU64,
     /// Corrupt records found by processes that had no slot to count them in
     /// (layout 1.1; zero in files of 1.0).
     pub corrupt_unslotted: AtomicU64,
-    pub _pad3: [u8; 24],
+    pub _pad3: [u8; 16],
 }
 const _: () = assert!(std::mem::size_of::<Header>() == 256);
 const _: () = assert!(std::mem::align_of::<Header>() == 64);
+// Layout 1.1 fields sit where 1.0 had zero padding (docs/layout.md §2.3).
+const _: () = assert!(std::mem::offset_of!(Header, config_epoch) == 204);
+const _: () = assert!(std::mem::offset_of!(Header, master) == 224);
+const _: () = assert!(std::mem::offset_of!(Header, corrupt_unslotted) == 232);
 
 /// [`Header::origin`]: no file was there.
 pub const ORIGIN_NEW: u32 = 0;
@@ -186,12 +200,15 @@ pub struct Family {
     pub dropped: AtomicU64,
     /// Live series of this family, the overflow series excluded.
     pub series_count: AtomicU32,
-    pub _pad0: u32,
+    /// Layout 1.1: the [`Header::config_epoch`] of the configuration that last
+    /// defined this family; the family is shown only while the two are equal.
+    pub epoch: AtomicU32,
     /// Updates sent to the overflow series because of `max_series`.
     pub overflowed: AtomicU64,
     pub _pad1: [u8; 48],
 }
 const _: () = assert!(std::mem::size_of::<Family>() == 128);
+const _: () = assert!(std::mem::offset_of!(Family, epoch) == 68);
 
 /// Label value of every label of a family's overflow series.
 pub const OVERFLOW_VALUE: &[u8] = b"__overflow__";

@@ -57,6 +57,9 @@ pub struct Region {
     /// The definitions this process made or matched, by family id: what its
     /// callers write, whatever the file says later (see `check`).
     pub(crate) defs: Mutex<Vec<Option<crate::check::Def>>>,
+    /// Name of the error counter this process exposes (empty: none); see
+    /// `Region::set_error_metric`. Per process: workers inherit the master's.
+    pub(crate) error_metric: Mutex<Vec<u8>>,
 }
 
 // SAFETY: a `Region` is a pointer into a `MAP_SHARED` mapping that stays mapped for
@@ -154,8 +157,38 @@ impl Drop for Fd {
 }
 
 fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened), Error> {
+    let (r, opened) = map_file_unowned(path, params, reset)?;
+    r.record_master();
+    Ok((r, opened))
+}
+
+/// The master recorded in the header of the region file at `path` (layout 1.1,
+/// [`Header::master`]), 0 when there is none, no file or no region header.
+fn recorded_master(c: &CString) -> u64 {
+    // SAFETY: `c` is a valid NUL-terminated path. O_NOFOLLOW as everywhere here;
+    // O_NONBLOCK so that a FIFO at the path does not wait for a writer (pread then
+    // fails on it, and map_file refuses it with its own message).
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        return 0;
+    }
+    let fd = Fd(fd);
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is a valid writable buffer of the given length.
+    let n = unsafe { libc::pread(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let at = std::mem::offset_of!(Header, master);
+    if n != buf.len() as isize || buf[..8] != MAGIC || u16::from_le_bytes([buf[8], buf[9]]) != LAYOUT_MAJOR {
+        return 0;
+    }
+    u64::from_le_bytes(buf[at..at + 8].try_into().unwrap())
+}
+
+fn map_file_unowned(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened), Error> {
     let off = params.offsets();
     let c = cpath(path)?;
+    // Before anything else, even a reset: never replace or join another nginx's region.
+    crate::store::check_master(recorded_master(&c), path)?;
     let mut recreated = None;
     if !reset {
         // SAFETY: `c` is a valid NUL-terminated path.
@@ -489,6 +522,7 @@ impl Region {
             scan: Mutex::new(crate::render::Scan::default()),
             corrupt: Mutex::new(crate::check::Found::default()),
             defs: Mutex::new(Vec::new()),
+            error_metric: Mutex::new(Vec::new()),
         }
     }
 

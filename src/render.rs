@@ -124,7 +124,9 @@ impl Render {
         let mut order = Vec::with_capacity(scan.listed);
         for fam in 0..nfam.min(scan.by_family.len() as u32) {
             let list = &scan.by_family[fam as usize];
-            if list.is_empty() {
+            // Listed series stay listed when their family is replaced or left out
+            // of the configuration: the family decides here, every scrape.
+            if list.is_empty() || !region.family_visible(region.family(fam)) {
                 continue;
             }
             // Checked whole here, and only this copy is used while rendering:
@@ -565,6 +567,19 @@ impl Render {
             b"Updates refused on the hot path (nil, err returned), by reason.",
             &errors,
         );
+        let error_metric = r.error_metric.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if !error_metric.is_empty() {
+            // Validated as a metric name when it was set.
+            let logged: f64 = self.slots.iter().map(|&s| r.cell(s, CELL_LOG_ERRORS)).sum();
+            let total = errors.iter().map(|e| e.2).sum::<f64>() + logged;
+            family(
+                out,
+                as_str(&error_metric),
+                KIND_COUNTER,
+                b"Errors while recording metrics: hot-path updates refused, and log_error calls.",
+                &[("", "", total)],
+            );
+        }
         let used = h.series_used.load(Ordering::Relaxed).min(r.params.max_series);
         family(
             out,

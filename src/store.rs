@@ -126,6 +126,75 @@ fn my_owner_word() -> u64 {
     ((st & 0xffff_ffff) << 32) | pid as u64
 }
 
+/// Refuses a region whose recorded master (`word`, an owner word as in
+/// [`Header::master`]) is another nginx that still runs: two masters mapping one
+/// file would add their counts together. The process itself (a second `open`
+/// after its mapping was made elsewhere) and its parent are not others: a binary
+/// upgrade (USR2) starts the new master as the old master's child, and both share
+/// the region while the old workers drain.
+pub(crate) fn check_master(word: u64, path: &std::path::Path) -> Result<(), Error> {
+    let pid = (word & 0xffff_ffff) as u32;
+    if word == 0 || pid == std::process::id() || !owner_alive(word) {
+        return Ok(());
+    }
+    // SAFETY: getppid has no preconditions.
+    if pid as i32 == unsafe { libc::getppid() } {
+        // Relaxed: read later by this same thread's caller (see joined_parent).
+        JOINED_PARENT.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    Err(Error::Io(format!(
+        "\"{}\" is in use by another running nginx (master pid {pid}): two instances would add \
+         their counts together; give each instance its own file with the \"path\" option of \
+         shmetrics.init (or stop the other one)",
+        path.display()
+    )))
+}
+
+/// Set when this process mapped a region whose master is its live parent (a
+/// binary upgrade's new master).
+static JOINED_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process joined a region of its parent (a binary upgrade): its
+/// open must not start a new configuration, since the old master's workers
+/// are still being scraped and every family would vanish until this master's
+/// definitions name it again.
+pub fn joined_parent() -> bool {
+    JOINED_PARENT.load(Ordering::Relaxed)
+}
+
+impl Region {
+    /// Exposes an unlabelled counter named `name` (nginx-lua-prometheus's
+    /// `nginx_metric_errors_total`) after the self-metrics: every hot-path error
+    /// of every reason, plus the `log_error` calls counted in `CELL_LOG_ERRORS`.
+    /// It takes no series. An empty name removes it. This process's setting:
+    /// workers forked afterwards inherit it.
+    pub fn set_error_metric(&self, name: &[u8]) -> Result<(), Error> {
+        if !name.is_empty() && (name.len() > MAX_NAME_BYTES || !expo::is_valid_metric_name(name)) {
+            return Err(Error::invalid(format!(
+                "bad option \"error_metric_name\": \"{}\" is not a valid metric name",
+                show(name)
+            )));
+        }
+        if name.starts_with(b"shmetrics_") {
+            return Err(Error::invalid(format!(
+                "bad option \"error_metric_name\": \"{}\": the prefix shmetrics_ is reserved",
+                show(name)
+            )));
+        }
+        *self.error_metric.lock().unwrap_or_else(|e| e.into_inner()) = name.to_vec();
+        Ok(())
+    }
+
+    /// Records the calling process as the master that maps this region (see
+    /// [`check_master`]).
+    pub(crate) fn record_master(&self) {
+        // Relaxed: an identity read by the next master's `open`, which runs after
+        // this process made its mapping; no other data is published with it.
+        self.header().master.store(my_owner_word(), Ordering::Relaxed);
+    }
+}
+
 impl Region {
     /// The slot this process writes, claiming one on first use.
     ///
@@ -271,6 +340,18 @@ impl Region {
 
     /// Defines a family, or returns the existing one if the definition matches.
     pub fn define_family(&self, def: &FamilyDef) -> Result<u32, Error> {
+        self.define(def, false)
+    }
+
+    /// Like [`Region::define_family`], but a stored family of the same name whose
+    /// definition differs is replaced by this one instead of refused (see
+    /// [`Region::replace_family`]). A family the current configuration has not
+    /// defined yet (one left from before a restart) is replaced either way.
+    pub fn define_family_replacing(&self, def: &FamilyDef) -> Result<u32, Error> {
+        self.define(def, true)
+    }
+
+    fn define(&self, def: &FamilyDef, replace: bool) -> Result<u32, Error> {
         let bounds = validate_def(def, self.params.max_label_bytes)?;
         let h = self.header();
         let mut hs = Hasher::new(h.hash_seed);
@@ -315,6 +396,12 @@ impl Region {
                         }
                     }
                 }
+            } else if let Some(old) = self.differing_family(v, def, &bounds, hash as u32, replace) {
+                if let Some(id) = self.replace_family(slot, old, def, &bounds, hash as u32, &mut built)? {
+                    return Ok(id);
+                }
+                // Another process replaced it first: look at this position again.
+                continue;
             } else if let Some(found) = self.family_matches(v, def, &bounds, hash as u32)? {
                 if let Some(id) = built {
                     self.family(id).state.store(STATE_ORPHAN, Ordering::Release);
@@ -377,6 +464,67 @@ impl Region {
         )
     }
 
+    /// Whether `f` has the kind, label names and bucket bounds of `def`.
+    fn same_shape(&self, f: &Family, def: &FamilyDef, bounds: &[f64]) -> bool {
+        let labels = self.fam_labels(f);
+        f.kind == def.kind
+            && labels.len() == def.labels.len()
+            && labels.iter().zip(def.labels).all(|(a, b)| a == b)
+            && self.fam_bounds(f).iter().map(|b| b.to_bits()).eq(bounds.iter().map(|b| b.to_bits()))
+    }
+
+    /// The id behind index value `v` if it is a family named like `def` that
+    /// `def` replaces: its shape differs, and either `replace` was asked for or
+    /// the current configuration has not defined it (it is left from before).
+    fn differing_family(&self, v: u32, def: &FamilyDef, bounds: &[f64], hash: u32, replace: bool) -> Option<u32> {
+        let id = v - 1;
+        if id >= self.params.max_families {
+            return None;
+        }
+        let f = self.family(id);
+        if f.hash != hash || self.fam_name(f) != def.name || self.same_shape(f, def, bounds) {
+            return None;
+        }
+        (replace || !self.family_current(f)).then_some(id)
+    }
+
+    /// Replaces family `old` (published at index position `slot`) by a new
+    /// family built from `def`: the new one takes over the index position with
+    /// one compare-and-swap, so every later lookup by name finds it, and `old`
+    /// becomes `ORPHAN`: never shown or found again. Workers that cached `old`
+    /// (old workers draining after a reload) keep writing its cells, unseen; its
+    /// series keep their space (the store is insert-only). Returns the new id, or
+    /// `None` if another process changed the position first (the caller looks
+    /// again).
+    fn replace_family(
+        &self,
+        slot: &AtomicU32,
+        old: u32,
+        def: &FamilyDef,
+        bounds: &[f64],
+        hash: u32,
+        built: &mut Option<u32>,
+    ) -> Result<Option<u32>, Error> {
+        let id = match *built {
+            Some(id) => id,
+            None => {
+                self.check_generated_names(def)?;
+                let id = self.build_family(def, bounds, hash)?;
+                *built = Some(id);
+                id
+            }
+        };
+        // Release: as for a first publication, the new family's fields happen-before
+        // every process that finds it here; Acquire on failure to read the winner.
+        if slot.compare_exchange(old + 1, id + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Ok(None);
+        }
+        self.family(id).state.store(STATE_LIVE, Ordering::Release);
+        // Release: the exposition (Acquire) stops listing it from here on.
+        self.family(old).state.store(STATE_ORPHAN, Ordering::Release);
+        Ok(Some(id))
+    }
+
     /// If index value `v` holds a family named like `def`: `Ok(Some(id))` when
     /// the definitions agree, an error naming both when they do not.
     fn family_matches(&self, v: u32, def: &FamilyDef, bounds: &[f64], hash: u32) -> Result<Option<u32>, Error> {
@@ -389,12 +537,8 @@ impl Region {
         if rec.hash != hash || self.fam_name(f) != def.name {
             return Ok(None);
         }
-        let labels = self.fam_labels(f);
-        let same = rec.kind == def.kind
-            && labels.len() == def.labels.len()
-            && labels.iter().zip(def.labels).all(|(a, b)| a == b)
-            && self.fam_bounds(f).iter().map(|b| b.to_bits()).eq(bounds.iter().map(|b| b.to_bits()));
-        if !same {
+        if !self.same_shape(f, def, bounds) {
+            let labels = self.fam_labels(f);
             return Err(Error::Conflict(format!(
                 "metric \"{}\" is already defined as {}; this definition is {}",
                 show(def.name),
@@ -403,6 +547,12 @@ impl Region {
             )));
         }
         usable(&f.state);
+        if !self.family_current(f) {
+            // Left from before a restart and defined again: shown again, with its
+            // counts, unless a family of this configuration took its names.
+            self.check_generated_names(def)?;
+            self.mark_current(f);
+        }
         // A redefinition (after a reload) may bring a new limit.
         f.max_series.store(def.max_series, Ordering::Relaxed);
         if self.fam_help(f) != def.help {
@@ -412,6 +562,33 @@ impl Region {
             }
         }
         Ok(Some(id))
+    }
+
+    /// Whether the configuration the region follows now has defined `f`.
+    fn family_current(&self, f: &Family) -> bool {
+        // Relaxed: epochs only decide visibility; the family's fields are
+        // published by its state (Acquire where it is read).
+        f.epoch.load(Ordering::Relaxed) == self.header().config_epoch.load(Ordering::Relaxed)
+    }
+
+    fn mark_current(&self, f: &Family) {
+        // Relaxed: see family_current.
+        f.epoch.store(self.header().config_epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether family `f` is in the exposition: live, and defined by the
+    /// configuration the region follows now (see [`Region::begin_configuration`]).
+    pub fn family_visible(&self, f: &Family) -> bool {
+        f.state.load(Ordering::Acquire) == STATE_LIVE && self.family_current(f)
+    }
+
+    /// Starts a new configuration: every family is hidden from the exposition
+    /// until a definition names it again (with its counts, if the definition is
+    /// the same). Called when a new nginx master maps the region, so that a
+    /// family the configuration no longer defines disappears after a restart.
+    pub fn begin_configuration(&self) {
+        // Relaxed: see family_current.
+        self.header().config_epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Finds a live family by exact name.
@@ -447,7 +624,7 @@ impl Region {
             let f = self.family(id);
             // The same name is not a collision but a redefinition, which the
             // index decides (a concurrent definer may have just published it).
-            if f.state.load(Ordering::Acquire) != STATE_LIVE || self.fam_name(f) == def.name {
+            if !self.family_visible(f) || self.fam_name(f) == def.name {
                 continue;
             }
             let theirs = exposed_names(self.fam_name(f), FamilyRec::read(f).kind);
@@ -510,6 +687,7 @@ impl Region {
         let f = self.family(id);
         f.help.store(((help_off as u64) << 32) | def.help.len() as u64, Ordering::Relaxed);
         f.max_series.store(def.max_series, Ordering::Relaxed);
+        self.mark_current(f);
         Ok(id)
     }
 
@@ -523,6 +701,22 @@ impl Region {
             return Err(Error::invalid(format!("family {fam} is not live")));
         }
         Ok(f)
+    }
+
+    /// Like [`Region::live_family`], but also a family that a changed definition
+    /// replaced (`ORPHAN` after [`Region::replace_family`]): old workers draining
+    /// after a reload still record into it, unseen, instead of failing. Only a
+    /// published family's id is ever handed out, so an `ORPHAN` id is a replaced
+    /// family, complete.
+    fn writable_family(&self, fam: u32) -> Result<&Family, Error> {
+        match self.live_family(fam) {
+            Err(_) if fam < self.header().families_used.load(Ordering::Acquire).min(self.params.max_families)
+                && self.family(fam).state.load(Ordering::Acquire) == STATE_ORPHAN =>
+            {
+                Ok(self.family(fam))
+            }
+            r => r,
+        }
     }
 
     fn series_hash(&self, fam: u32, values: &[&[u8]]) -> u32 {
@@ -611,7 +805,10 @@ impl Region {
     /// The cell returned is proven in range for what the caller writes: the
     /// cells of the kind this process defined `fam` as, inside every slot.
     pub fn series_cell(&self, fam: u32, values: &[&[u8]]) -> Result<u32, Error> {
-        let (f, rec) = self.usable_family(fam)?;
+        // A family replaced by a newer definition stays writable for the workers
+        // that cached it (old workers draining after a reload): unseen, never a crash.
+        let f = self.writable_family(fam)?;
+        let rec = self.family_check(fam)?;
         // The length limit applies to what the caller sent, before replacement.
         self.check_values(&rec, values)?;
         match sanitized(values) {

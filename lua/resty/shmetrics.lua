@@ -62,6 +62,7 @@ int32_t shmetrics_delete(const shmetrics_region *r, uint32_t fam,
                          uint32_t n);
 int32_t shmetrics_reset(const shmetrics_region *r, uint32_t fam);
 int32_t shmetrics_claim_slot(const shmetrics_region *r);
+int32_t shmetrics_error_metric(const shmetrics_region *r, const char *name, size_t name_len);
 double *shmetrics_slot_cells(const shmetrics_region *r, uint32_t slot);
 void shmetrics_count_error(const shmetrics_region *r, uint32_t reason);
 size_t shmetrics_corrupt_notice(const shmetrics_region *r, char *buf, size_t cap);
@@ -91,6 +92,8 @@ local MAX_FILTER_NAMES = 1024
 local SERIES_OVERFLOW = 1073741824   -- 1 << 30, set in a shmetrics_series result
 local WARN_INTERVAL = 60             -- seconds between warnings of one kind per metric
 local FLAG_RESET = 1
+local FLAG_FOLLOW_CONFIG = 2
+local FAMILY_REPLACE = 256
 
 local KIND_COUNTER = 0
 local KIND_GAUGE = 1
@@ -100,6 +103,7 @@ local CELL_GAUGE_SEQ = 0
 -- The library's default max_slots (layout::Params::default), for the start-up warning.
 local DEFAULT_MAX_SLOTS = 64
 local CELL_ERRORS = 8
+local CELL_LOG_ERRORS = 19
 local STAMP_SLOTS = 4096
 
 -- Hot-path error reasons: index into the reasons list of the library.
@@ -108,6 +112,10 @@ local R = {
     value_nan = 4, value_negative = 5, value_infinite = 6, store_full = 7,
     no_slot = 8, not_in_worker = 9, internal = 10,
 }
+local REASON_NAME = {}
+for k, v in pairs(R) do
+    REASON_NAME[v] = k
+end
 
 local CONTENT_TYPE = {
     [FORMAT_TEXT] = "text/plain; version=0.0.4; charset=utf-8",
@@ -313,7 +321,42 @@ end
 local Metric = {}
 Metric.__index = Metric
 
--- Counts a hot-path error in this process's slot and returns nil, err.
+local attach_slot   -- defined below
+
+-- Logs a hot-path error of metric m: the first of each reason at once, then
+-- at most one line per reason and error_log_interval seconds, saying how many
+-- were left unlogged meanwhile. Error path only.
+local function log_failure(m, err, reason)
+    local now = ngx and ngx.now and ngx.now() or os.time()
+    local seen = m.logged
+    if seen == nil then
+        seen = {}
+        m.logged = seen
+    end
+    local e = seen[reason]
+    if e == nil then
+        seen[reason] = { at = now, suppressed = 0 }
+        log(ngx and ngx.ERR, "shmetrics: ", err, " (reason ", REASON_NAME[reason], ")")
+        return
+    end
+    local interval = m.reg.log_interval
+    if now - e.at < interval then
+        e.suppressed = e.suppressed + 1
+        return
+    end
+    if e.suppressed > 0 then
+        log(ngx and ngx.ERR, "shmetrics: ", err, " (reason ", REASON_NAME[reason], "; ",
+            e.suppressed, " more of this reason for ", m.name, " not logged in the last ",
+            str_format("%g", now - e.at), " s)")
+    else
+        log(ngx and ngx.ERR, "shmetrics: ", err, " (reason ", REASON_NAME[reason], ")")
+    end
+    e.at = now
+    e.suppressed = 0
+end
+
+-- Counts a hot-path error in this process's slot (the error counter,
+-- error_metric_name, sums them), logs it (rate-limited) and returns nil, err.
 local function fail(self, err, reason)
     local cells = self.cells
     if cells ~= nil then
@@ -324,13 +367,17 @@ local function fail(self, err, reason)
         -- inherit.
         lib.shmetrics_count_error(self.reg.h, reason)
     end
+    if reason ~= R.no_slot then
+        -- (attach_slot logs a failed claim itself, at most once a second)
+        log_failure(self, err, reason)
+    end
     return nil, err
 end
 
 -- Attaches this process's slot to every metric of the registry (first write).
 -- When every slot is taken, tries again at most once a second: claiming scans
 -- all slots, too slow to repeat on every update.
-local function attach_slot(self)
+attach_slot = function(self)
     local reg = self.reg
     if reg.cells == nil then
         if phase() == "init" then
@@ -404,9 +451,6 @@ local function resolve(self, lv)
     end
     if rc < 0 then
         local err = self.name .. ": " .. last_error(rc)
-        if rc == E_FULL then
-            warn_once(self, "full", err)
-        end
         log_corrupt(self.reg)
         return nil, err, reason_of(rc)
     end
@@ -484,11 +528,37 @@ local function locate_child(self)
 end
 
 -- Value checks: the value to record, or nil, a message suffix and a reason.
+-- A value that is not a number takes the slow path: a string that tonumber()
+-- reads (what ngx.var gives) is checked as that number; anything else is
+-- refused. The number path is unchanged by it.
+local function show_value(v)
+    if type(v) == "string" then
+        if #v > 64 then
+            return str_format("%q...", v:sub(1, 64))
+        end
+        return str_format("%q", v)
+    end
+    return tostring(v)
+end
+
+local function not_a_number(v)
+    return nil, ": value must be a number, got " .. type(v)
+                .. (v ~= nil and (" " .. show_value(v)) or ""), R.value_type
+end
+
+local function from_string(v, check)
+    local n = type(v) == "string" and tonumber(v)
+    if not n then
+        return not_a_number(v)
+    end
+    return check(n)
+end
+
 local function check_count(v)          -- counter:inc
     if v == nil then
         return 1
     elseif type(v) ~= "number" then
-        return nil, ": value must be a number, got " .. type(v), R.value_type
+        return from_string(v, check_count)
     elseif v >= 0 and v < INF then
         return v
     elseif v ~= v then
@@ -503,7 +573,7 @@ local function check_delta(v)          -- gauge:inc
     if v == nil then
         return 1
     elseif type(v) ~= "number" then
-        return nil, ": value must be a number, got " .. type(v), R.value_type
+        return from_string(v, check_delta)
     elseif v > -INF and v < INF then
         return v
     elseif v ~= v then
@@ -514,7 +584,10 @@ end
 
 local function check_level(v)          -- gauge:set (±Inf allowed)
     if type(v) ~= "number" then
-        return nil, ": value must be a number, got " .. type(v), R.value_type
+        if v == nil then
+            return not_a_number(v)
+        end
+        return from_string(v, check_level)
     elseif v ~= v then
         return nil, ": value is NaN", R.value_nan
     end
@@ -523,7 +596,10 @@ end
 
 local function check_sample(v)         -- histogram:observe
     if type(v) ~= "number" then
-        return nil, ": value must be a number, got " .. type(v), R.value_type
+        if v == nil then
+            return not_a_number(v)
+        end
+        return from_string(v, check_sample)
     end
     return check_delta(v)
 end
@@ -612,8 +688,13 @@ local function dec(self, value, lv)
     if value == nil then
         value = 1
     elseif type(value) ~= "number" then
-        local m = self.metric
-        return fail(m, m.name .. ": value must be a number, got " .. type(value), R.value_type)
+        local n = type(value) == "string" and tonumber(value)
+        if not n then
+            local m = self.metric
+            local _, err, reason = not_a_number(value)
+            return fail(m, m.name .. err, reason)
+        end
+        value = n
     end
     return self:inc(-value, lv)
 end
@@ -714,9 +795,18 @@ local function check_labels(names, what)
     return names
 end
 
+-- Phases in which a definition that differs from the stored one replaces it
+-- (the configuration changed across a restart or reload); later phases raise.
+local REDEFINE_PHASES = { init = true, init_worker = true, standalone = true }
+
 local function define(self, kind, proto, name, help, label_names, buckets, opts)
     if type(name) ~= "string" then
         error("bad argument \"name\": want a string, got " .. type(name), 3)
+    end
+    name = self.prefix .. name
+    if name == self.error_metric then
+        error("bad argument \"name\": \"" .. name .. "\" is the error counter's name "
+              .. "(init option error_metric_name)", 3)
     end
     if help ~= nil and type(help) ~= "string" then
         error("bad argument \"help\": want a string, got " .. type(help), 3)
@@ -760,10 +850,22 @@ local function define(self, kind, proto, name, help, label_names, buckets, opts)
         end
         max_series = v
     end
-    local fam = lib.shmetrics_family(self.h, kind, name, #name, help, #help,
+    -- A name this Lua VM has not defined yet comes from the configuration
+    -- being loaded: its definition replaces a different stored one. A second,
+    -- different definition in the same configuration is refused.
+    local flags = 0
+    if not self.defined[name] and REDEFINE_PHASES[phase()] then
+        flags = FAMILY_REPLACE
+    end
+    local fam = lib.shmetrics_family(self.h, kind + flags, name, #name, help, #help,
                                      labels, lens, n, bounds, nb, max_series)
     if fam < 0 then
         error(last_error(fam), 3)
+    end
+    self.defined[name] = true
+    if kind == KIND_COUNTER and not self.om_renames and not str_find(name, "_total$") then
+        -- OpenMetrics would expose this counter's samples as <name>_total.
+        self.om_renames = name
     end
     local existing = self.metrics[fam]
     if existing then
@@ -928,9 +1030,11 @@ local function pause()
     ngx.sleep(0.001)
 end
 
---- prometheus:metric_data(format?, names?) -> string | nil, err
--- format: "text" (default, 0.0.4), "openmetrics" or "json"; names: family
--- names to include (default: all).
+--- prometheus:metric_data(format?, names?) -> lines | string | nil, err
+-- Without format: text 0.0.4 as an array of lines, each ending in "\n", so
+-- that table.concat(prometheus:metric_data()) is the exposition (what
+-- nginx-lua-prometheus returns). With format "text", "openmetrics" or "json":
+-- one string. names: family names to include (default: all).
 function Registry:metric_data(format, names)
     local f = FORMATS[format or "text"]
     if not f then
@@ -941,7 +1045,15 @@ function Registry:metric_data(format, names)
     if not ok then
         return nil, err
     end
-    return concat(parts)
+    local body = concat(parts)
+    if format ~= nil then
+        return body
+    end
+    local lines = {}
+    for line in body:gmatch("[^\n]*\n") do
+        lines[#lines + 1] = line
+    end
+    return lines
 end
 
 -- The ?name[]= filter of a scrape: nil (all), or an array of names; false
@@ -976,11 +1088,72 @@ local function serve(self, format)
     end
 end
 
+-- The format of a scrape: the `format` option if it forces one; else what
+-- the Accept header prefers, but text 0.0.4 instead of OpenMetrics when a
+-- counter lacks `_total` (OpenMetrics would expose it as <name>_total: the
+-- stored series would change name). Says so once per worker.
+local function scrape_format(self)
+    local forced = self.format
+    if forced then
+        return forced
+    end
+    local f = negotiate(ngx.var.http_accept)
+    if f == FORMAT_OPENMETRICS and self.om_renames then
+        if not self.om_said then
+            self.om_said = true
+            log(ngx.WARN, "shmetrics: serving text format 0.0.4 to a client that prefers ",
+                "OpenMetrics: counter \"", self.om_renames, "\" lacks the _total suffix, and ",
+                "OpenMetrics would expose it as \"", self.om_renames, "_total\" (a new series ",
+                "name in Prometheus); set init's option format = \"openmetrics\" to serve it anyway")
+        end
+        return FORMAT_TEXT
+    end
+    return f
+end
+
 --- prometheus:collect()   (content_by_lua: serves the exposition)
--- The format follows the Accept header; `?name[]=a&name[]=b` limits the
--- scrape to those families.
+-- The format follows the Accept header (see scrape_format); `?name[]=a&name[]=b`
+-- limits the scrape to those families.
 function Registry:collect()
-    return serve(self, negotiate(ngx.var.http_accept))
+    return serve(self, scrape_format(self))
+end
+
+--- prometheus:init_worker(sync_interval?) -> true
+-- nginx-lua-prometheus's per-worker setup. Nothing to do here (updates are
+-- visible at once); the argument is checked as init's sync_interval option.
+function Registry:init_worker(sync_interval)
+    if sync_interval ~= nil and (type(sync_interval) ~= "number" or not (sync_interval > 0)
+                                 or sync_interval == INF) then
+        error("bad argument \"sync_interval\": want a positive number of seconds, got "
+              .. tostring(sync_interval), 2)
+    end
+    return true
+end
+
+-- Counts one log_error call in the error counter (the caller's slot).
+local function count_error(self)
+    if self.cells == nil and phase() ~= "init" then
+        attach_slot(self)
+    end
+    local cells = self.cells
+    if cells ~= nil then
+        cells[CELL_LOG_ERRORS] = cells[CELL_LOG_ERRORS] + 1
+    end
+end
+
+--- prometheus:log_error(...)   (any phase of a worker)
+-- Logs its arguments, concatenated, at level error and counts one error in
+-- the error counter (error_metric_name), as nginx-lua-prometheus does.
+function Registry:log_error(...)
+    log(ngx and ngx.ERR, ...)
+    count_error(self)
+end
+
+--- prometheus:log_error_kv(key, value, err)
+-- log_error for a failed update of `key` to `value`.
+function Registry:log_error_kv(key, value, err)
+    self:log_error("shmetrics: cannot set ", tostring(key), " to ", tostring(value), ": ",
+                   tostring(err))
 end
 
 --- prometheus:collect_json()   (content_by_lua: serves the JSON view)
@@ -998,8 +1171,14 @@ local OPTIONS = {
     path = "string", max_series = "number", max_families = "number",
     max_slots = "number", max_label_bytes = "number", max_cells = "number",
     arena_bytes = "number", reset = "boolean", chunk_bytes = "number",
-    lib_path = "string",
+    lib_path = "string", format = "string", error_log_interval = "number",
+    -- nginx-lua-prometheus's options
+    prefix = "string", error_metric_name = "string", sync_interval = "number",
+    lookup_max_size = "number",
 }
+-- Options measured in seconds: any non-negative number, not only integers.
+local SECONDS = { sync_interval = true, error_log_interval = true }
+local SCRAPE_FORMATS = { auto = false, text = FORMAT_TEXT, openmetrics = FORMAT_OPENMETRICS }
 
 -- init() outside init_by_lua: each worker would open the file on its own, and
 -- two of them racing on its creation map different files (the counts split).
@@ -1032,29 +1211,56 @@ local function warn_slot_capacity(max_slots)
                              2 * workers, 2 * workers + 1))
 end
 
---- shmetrics.init(name, options?) -> registry
+-- nginx-lua-prometheus's defaults, so its users' calls work unchanged.
+local DEFAULT_NAME = "prometheus_metrics"
+local DEFAULT_ERROR_METRIC = "nginx_metric_errors_total"
+
+local function check_options(opts)
+    for k, v in pairs(opts) do
+        local want = OPTIONS[k]
+        if not want then
+            error("bad option \"" .. tostring(k) .. "\": unknown", 3)
+        end
+        if type(v) ~= want then
+            error(str_format("bad option \"%s\": want a %s, got %s", k, want, type(v)), 3)
+        end
+        if SECONDS[k] then
+            if not (v >= 0 and v < INF) then
+                error(str_format("bad option \"%s\": want a number of seconds, got %s", k, tostring(v)), 3)
+            end
+        elseif want == "number" and (v < 0 or v ~= floor(v) or v > (k == "arena_bytes" and 2^40 or 2^32 - 1)) then
+            error(str_format("bad option \"%s\": want a non-negative integer, got %s", k, tostring(v)), 3)
+        end
+    end
+    if opts.format ~= nil and SCRAPE_FORMATS[opts.format] == nil then
+        error("bad option \"format\": want \"auto\", \"text\" or \"openmetrics\", got \""
+              .. opts.format .. "\"", 3)
+    end
+    if opts.prefix ~= nil and opts.prefix ~= "" and not str_find(opts.prefix, "^[%a_:][%w_:]*$") then
+        error("bad option \"prefix\": \"" .. opts.prefix .. "\" cannot start a metric name", 3)
+    end
+end
+
+--- shmetrics.init(name?, options_or_prefix?) -> registry
 -- Call in init_by_lua (the master maps the region before forking the workers).
+-- name defaults to "prometheus_metrics"; a string second argument is the
+-- prefix option (nginx-lua-prometheus's forms).
 function _M.init(name, opts)
+    if name == nil then
+        name = DEFAULT_NAME
+    end
     refuse_outside_init(name)
     if type(name) ~= "string" or not str_find(name, "^[%w_.-]+$") or #name > 200 then
         error("bad argument \"name\": want at most 200 letters, digits, '_', '.', '-'", 2)
     end
+    if type(opts) == "string" then
+        opts = { prefix = opts }
+    end
     if opts ~= nil and type(opts) ~= "table" then
-        error("bad argument \"options\": want a table, got " .. type(opts), 2)
+        error("bad argument \"options\": want a table or a prefix string, got " .. type(opts), 2)
     end
     opts = opts or {}
-    for k, v in pairs(opts) do
-        local want = OPTIONS[k]
-        if not want then
-            error("bad option \"" .. tostring(k) .. "\": unknown", 2)
-        end
-        if type(v) ~= want then
-            error(str_format("bad option \"%s\": want a %s, got %s", k, want, type(v)), 2)
-        end
-        if want == "number" and (v < 0 or v ~= floor(v) or v > (k == "arena_bytes" and 2^40 or 2^32 - 1)) then
-            error(str_format("bad option \"%s\": want a non-negative integer, got %s", k, tostring(v)), 2)
-        end
-    end
+    check_options(opts)
     local existing = registries[name]
     if existing then
         return existing
@@ -1068,7 +1274,7 @@ function _M.init(name, opts)
     o.max_label_bytes = opts.max_label_bytes or 0
     o.max_cells = opts.max_cells or 0
     o.arena_bytes = opts.arena_bytes or 0
-    o.flags = opts.reset and FLAG_RESET or 0
+    o.flags = FLAG_FOLLOW_CONFIG + (opts.reset and FLAG_RESET or 0)
     local rc = lib.shmetrics_open(path, #path, o, region_out)
     if rc < 0 then
         error("shmetrics.init(\"" .. name .. "\"): " .. last_error(rc), 2)
@@ -1083,8 +1289,21 @@ function _M.init(name, opts)
         metrics = {},
         -- About half a millisecond of rendering on a 2-core VM (see BENCHMARKS.md).
         chunk_bytes = opts.chunk_bytes or 262144,
+        prefix = opts.prefix or "",
+        format = SCRAPE_FORMATS[opts.format or "auto"],
+        log_interval = opts.error_log_interval or WARN_INTERVAL,
+        defined = {},   -- family names this Lua VM has defined
     }, Registry)
     warn_slot_capacity(opts.max_slots)
+    local em = reg.prefix .. (opts.error_metric_name or DEFAULT_ERROR_METRIC)
+    rc = lib.shmetrics_error_metric(reg.h, em, #em)
+    if rc < 0 then
+        error("shmetrics.init(\"" .. name .. "\"): " .. last_error(rc), 2)
+    end
+    reg.error_metric = em
+    if not str_find(em, "_total$") then
+        reg.om_renames = em
+    end
     registries[name] = reg
     return reg
 end

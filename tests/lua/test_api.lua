@@ -12,7 +12,7 @@ test("counter inc: default 1, fractional, labels as strings and numbers", functi
     assert(c:inc(nil, { "GET", "200" }))           -- number 200 and "200" are one series
     local cost = p:counter("model_cost_usd_total", "Spend", { "model" })
     for _ = 1, 3 do assert(cost:inc(0.0042, { "gpt-4" })) end
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'http_requests_total{method="GET",status_code="200"}'), "1001")
     eq(sample(body, 'model_cost_usd_total{model="gpt-4"}'), "0.0126")
 end)
@@ -21,7 +21,7 @@ test("metrics without labels are exposed as 0 from definition", function()
     local p = h.registry()
     p:counter("c_total", "C")
     p:gauge("g", "G")
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, "c_total"), "0")
     eq(sample(body, "g"), "0")
 end)
@@ -31,14 +31,14 @@ test("gauge: set is last-writer-wins, inc adds on top, dec subtracts", function(
     local g = p:gauge("inflight", "In flight", { "ns" })
     assert(g:inc(5, { "a" }))
     assert(g:set(10, { "a" }))
-    eq(sample(p:metric_data(), 'inflight{ns="a"}'), "10", "set discards earlier incs")
+    eq(sample(p:metric_data("text"), 'inflight{ns="a"}'), "10", "set discards earlier incs")
     assert(g:inc(2, { "a" }))
     assert(g:dec(nil, { "a" }))
-    eq(sample(p:metric_data(), 'inflight{ns="a"}'), "11")
+    eq(sample(p:metric_data("text"), 'inflight{ns="a"}'), "11")
     assert(g:set(-2.5, { "a" }))
-    eq(sample(p:metric_data(), 'inflight{ns="a"}'), "-2.5")
+    eq(sample(p:metric_data("text"), 'inflight{ns="a"}'), "-2.5")
     assert(g:set(math.huge, { "b" }))
-    eq(sample(p:metric_data(), 'inflight{ns="b"}'), "+Inf")
+    eq(sample(p:metric_data("text"), 'inflight{ns="b"}'), "+Inf")
 end)
 
 test("histogram: le buckets, +Inf == _count, every bucket present", function()
@@ -47,7 +47,7 @@ test("histogram: le buckets, +Inf == _count, every bucket present", function()
     for _, v in ipairs({ 0.05, 0.1, 0.5, 1, 5, 10, 50 }) do
         assert(hist:observe(v, { "/v1" }))
     end
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'lat_seconds_bucket{route="/v1",le="0.1"}'), "2", "v == bound goes in that bucket")
     eq(sample(body, 'lat_seconds_bucket{route="/v1",le="1"}'), "4")
     eq(sample(body, 'lat_seconds_bucket{route="/v1",le="10"}'), "6")
@@ -60,7 +60,7 @@ test("histogram default buckets are nginx-lua-prometheus's", function()
     local p = h.registry()
     local hist = p:histogram("d_seconds", "D")
     assert(hist:observe(0.003))
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     local les = {}
     for le in body:gmatch('d_seconds_bucket{le="([^"]+)"}') do les[#les + 1] = le end
     eq(table.concat(les, ","), "0.005,0.01,0.02,0.03,0.05,0.075,0.1,0.2,0.3,0.4,0.5,0.75,1,1.5,2,3,4,5,10,+Inf")
@@ -72,11 +72,11 @@ test("del removes one series; recreating it starts from 0", function()
     local c = p:counter("x_total", "X", { "k" })
     c:inc(5, { "a" }); c:inc(7, { "b" })
     assert(c:del({ "a" }))
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'x_total{k="a"}'), nil)
     eq(sample(body, 'x_total{k="b"}'), "7")
     c:inc(1, { "a" })
-    eq(sample(p:metric_data(), 'x_total{k="a"}'), "1")
+    eq(sample(p:metric_data("text"), 'x_total{k="a"}'), "1")
 end)
 
 test("reset removes every series of the family only", function()
@@ -85,12 +85,12 @@ test("reset removes every series of the family only", function()
     local other = p:counter("y_total", "Y", { "k" })
     c:inc(5, { "a" }); c:inc(7, { "b" }); other:inc(3, { "a" })
     assert(c:reset())
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'x_total{k="a"}'), nil)
     eq(sample(body, 'x_total{k="b"}'), nil)
     eq(sample(body, 'y_total{k="a"}'), "3")
     c:inc(2, { "b" })
-    eq(sample(p:metric_data(), 'x_total{k="b"}'), "2")
+    eq(sample(p:metric_data("text"), 'x_total{k="b"}'), "2")
 end)
 
 test("families are contiguous, in definition order", function()
@@ -99,12 +99,12 @@ test("families are contiguous, in definition order", function()
     local b = p:gauge("b", "B", { "k" })
     a:inc(1, { "1" }); b:set(1, { "1" }); a:inc(1, { "2" }); b:set(2, { "2" })
     local names = {}
-    for line in p:metric_data():gmatch("[^\n]+") do
+    for line in p:metric_data("text"):gmatch("[^\n]+") do
         local n = line:match("^# TYPE (%S+)")
         if n then names[#names + 1] = n end
     end
     eq(names[1], "a_total"); eq(names[2], "b")
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     local ia, ia2 = body:find('a_total{k="1"}', 1, true), body:find('a_total{k="2"}', 1, true)
     local ib = body:find('b{k="1"}', 1, true)
     assert(ia < ia2 and ia2 < ib, "a_total's series come before b's")
@@ -159,7 +159,7 @@ test("hot-path misuse returns nil, err, never raises, and is counted by reason",
         { function() return c:inc(-1, { "x", "y" }) end, "value_negative" },
         { function() return c:inc(0 / 0, { "x", "y" }) end, "value_nan" },
         { function() return c:inc(math.huge, { "x", "y" }) end, "value_infinite" },
-        { function() return c:inc("1", { "x", "y" }) end, "value_type" },
+        { function() return c:inc("one", { "x", "y" }) end, "value_type" },   -- ("1" is 1)
         { function() return c:inc(1, { "x" }) end, "label_count" },
         { function() return c:inc(1, { "x", "y", "z" }) end, "label_count" },
         { function() return c:inc(1, nil) end, "label_count" },
@@ -183,7 +183,7 @@ test("hot-path misuse returns nil, err, never raises, and is counted by reason",
         assert(type(err) == "string" and #err > 0, "case " .. i .. " has an error message")
         want[case[2]] = (want[case[2]] or 0) + 1
     end
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     for reason, n in pairs(want) do
         eq(sample(body, 'shmetrics_errors_total{reason="' .. reason .. '"}'), tostring(n), reason)
     end
@@ -198,7 +198,7 @@ test("label values with quotes, backslashes, newlines and invalid UTF-8 are esca
     c:inc(1, { 'a"b\\c\nd' })
     c:inc(1, { "bad\255" })
     c:inc(1, { "bad\254" })   -- renders alike: the same series
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'esc_total{v="a\\"b\\\\c\\nd"}'), "1")
     eq(sample(body, 'esc_total{v="bad\239\191\189"}'), "2")
 end)
@@ -210,7 +210,7 @@ test("more than max_series: store_full, existing series keep counting", function
     local ok, err = c:inc(1, { "k5" })
     eq(ok, nil); contains(err, "max_series")
     assert(c:inc(1, { "k1" }))
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'f_total{k="k1"}'), "2")
     eq(sample(body, 'shmetrics_errors_total{reason="store_full"}'), "1")
     eq(sample(body, "shmetrics_series_used"), "4")
@@ -223,7 +223,7 @@ test("a metric's own max_series sends new label sets to one overflow series", fu
     for i = 1, 5 do assert(c:inc(i, { "u" .. i, "/r" })) end
     assert(c:inc(10, { "u1", "/r" }))   -- an existing series keeps counting
     assert(c:inc(1, { "u9", "/r" }))    -- and a new one overflows again
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'user_requests_total{user="u1",route="/r"}'), "11")
     eq(sample(body, 'user_requests_total{user="u2",route="/r"}'), "2")
     eq(sample(body, 'user_requests_total{user="u3",route="/r"}'), nil)
@@ -232,7 +232,7 @@ test("a metric's own max_series sends new label sets to one overflow series", fu
     -- Deleting a series makes room for a new one.
     assert(c:del({ "u2", "/r" }))
     assert(c:inc(1, { "u7", "/r" }))
-    body = p:metric_data()
+    body = p:metric_data("text")
     eq(sample(body, 'user_requests_total{user="u7",route="/r"}'), "1")
     eq(sample(body, 'user_requests_total{user="__overflow__",route="__overflow__"}'), "13")
     -- Options are checked.
@@ -241,14 +241,14 @@ test("a metric's own max_series sends new label sets to one overflow series", fu
     contains(raises(p.counter, p, "o3_total", "x", nil, 3600), "exptime")
     local hh = p:histogram("oh", "x", { "k" }, { 1, 2 }, { max_series = 1 })
     assert(hh:observe(1, { "a" })); assert(hh:observe(1, { "b" }))
-    eq(sample(p:metric_data(), 'oh_count{k="__overflow__"}'), "1")
+    eq(sample(p:metric_data("text"), 'oh_count{k="__overflow__"}'), "1")
 end)
 
 test("a full store counts the dropped series per family", function()
     local p = h.registry({ max_series = 2 })
     local c = p:counter("d_total", "D", { "k" })
     for i = 1, 5 do c:inc(1, { "k" .. i }) end
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'shmetrics_series_dropped_total{family="d_total"}'), "3")
     eq(sample(body, 'shmetrics_errors_total{reason="store_full"}'), "3")
 end)
@@ -260,11 +260,11 @@ test("a garbage file at the path is replaced, and a self-metric says so", functi
     f:close()
     os.execute("chmod 600 " .. path)
     local p = require("resty.shmetrics").init("lt_garbage", { path = path })
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     os.remove(path)
     eq(sample(body, 'shmetrics_region_replaced{reason="bad_file"}'), "1")
     local q = h.registry()
-    eq(sample(q:metric_data(), 'shmetrics_region_replaced{reason="bad_file"}'), nil)
+    eq(sample(q:metric_data("text"), 'shmetrics_region_replaced{reason="bad_file"}'), nil)
 end)
 
 test("labels() binds label values once: children record into the same series", function()
@@ -282,7 +282,7 @@ test("labels() binds label values once: children record into the same series", f
     assert(gk:set(7)); assert(gk:inc(2)); assert(gk:dec())
     local hk = assert(hh:labels({ "x" }))
     assert(hk:observe(0.5)); assert(hk:observe(5))
-    local body = p:metric_data()
+    local body = p:metric_data("text")
     eq(sample(body, 'kid_total{a="x",b="y"}'), "13.5")
     eq(sample(body, 'kid_total{a="changed",b="y"}'), nil)
     eq(sample(body, 'kid_gauge{a="x"}'), "8")
@@ -296,11 +296,11 @@ test("labels() binds label values once: children record into the same series", f
     -- After a reset, a child records into a new series from 0.
     assert(c:reset())
     assert(kid:inc(1))
-    eq(sample(p:metric_data(), 'kid_total{a="x",b="y"}'), "1")
+    eq(sample(p:metric_data("text"), 'kid_total{a="x",b="y"}'), "1")
     -- Wrong label values: labels() itself returns nil, err.
     ok, err = c:labels({ "only-one" })
     eq(ok, nil); contains(err, "2 label values")
-    body = p:metric_data()
+    body = p:metric_data("text")
     eq(sample(body, 'shmetrics_errors_total{reason="value_negative"}'), "1")
     eq(sample(body, 'shmetrics_errors_total{reason="value_nan"}'), "1")
     eq(sample(body, 'shmetrics_errors_total{reason="label_count"}'), "1")
@@ -324,7 +324,7 @@ test("a valid existing file is attached: counts carry on", function()
         local p = require("resty.shmetrics").init("x", { path = "%s" })
         local c = p:counter("carry_total", "C", { "k" })
         c:inc(%d, { "a" })
-        io.write(p:metric_data():match('carry_total{k="a"} (%%S+)'))
+        io.write(p:metric_data("text"):match('carry_total{k="a"} (%%S+)'))
     ]]
     local root = package.path:match("^(.-)/lua/%?%.lua;")
     local libdir = package.cpath:match("^(.-)/%?%.so;")

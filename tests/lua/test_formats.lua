@@ -18,7 +18,7 @@ test("OpenMetrics: counter families without _total, samples with it, # EOF last"
     eq(h.sample(body, "bytes_total"), "5")
     assert(h.has_line(body, "# TYPE shmetrics_errors counter"), body)
     eq(body:sub(-6), "# EOF\n")
-    local text = assert(p:metric_data())
+    local text = assert(p:metric_data("text"))
     assert(h.has_line(text, "# TYPE requests_total counter"), text)
     assert(h.has_line(text, '# HELP requests_total Requests "quoted"'), text)
     eq(h.sample(text, "bytes"), "5")

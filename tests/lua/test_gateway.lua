@@ -487,7 +487,7 @@ test("new: every family of the catalog, with its labels", function()
         local m = gw[field]
         eq(m.name .. " " .. table.concat(m.label_names, ","), def, field)
     end
-    local body = assert(p:metric_data())
+    local body = assert(p:metric_data("text"))
     eq(h.sample(body, 'cache_hits_total{cache_type="namespace_config"}'), "1")
     eq(h.sample(body, 'rate_limit_violations_total{namespace="wechat",rule_type="token_limit"}'), "1")
     eq(h.sample(body, 'model_accuracy_percent{model="gpt-4o",task_type="classification"}'), "93.5")

@@ -51,7 +51,7 @@ test("counter:inc with 3 labels compiles to a loop trace", function()
     check_compiles("counter:inc", function()
         for i = 1, N do c:inc(1, lv[i % 2 + 1]) end
     end)
-    h.eq(h.sample(p:metric_data(), 'j_total{method="GET",path="/v1/chat/completions",namespace="wechat"}'), tostring(1 + N / 2))
+    h.eq(h.sample(p:metric_data("text"), 'j_total{method="GET",path="/v1/chat/completions",namespace="wechat"}'), tostring(1 + N / 2))
 end)
 
 test("counter:inc without labels compiles", function()
@@ -71,7 +71,7 @@ test("histogram:observe with 3 labels compiles to a loop trace", function()
     check_compiles("histogram:observe", function()
         for i = 1, N do hist:observe((i % 100) * 0.013, lv) end
     end)
-    h.eq(h.sample(p:metric_data(), 'j_seconds_count{method="GET",path="/v1/chat/completions",namespace="wechat"}'), tostring(N + 1))
+    h.eq(h.sample(p:metric_data("text"), 'j_seconds_count{method="GET",path="/v1/chat/completions",namespace="wechat"}'), tostring(N + 1))
 end)
 
 test("gauge:set and gauge:inc compile to loop traces", function()
@@ -85,7 +85,7 @@ test("gauge:set and gauge:inc compile to loop traces", function()
     check_compiles("gauge:inc", function()
         for _ = 1, N do g:inc(1, lv) end
     end)
-    h.eq(h.sample(p:metric_data(), 'j_gauge{model="gpt-4",namespace="wechat"}'), tostring(N + N))
+    h.eq(h.sample(p:metric_data("text"), 'j_gauge{model="gpt-4",namespace="wechat"}'), tostring(N + N))
 end)
 
 test("a child's inc and observe compile to loop traces", function()
@@ -100,7 +100,7 @@ test("a child's inc and observe compile to loop traces", function()
     check_compiles("child:observe", function()
         for i = 1, N do hk:observe((i % 50) * 0.01) end
     end)
-    h.eq(h.sample(p:metric_data(), 'jk_total{method="GET",path="/a",namespace="x"}'), tostring(N / 2))
+    h.eq(h.sample(p:metric_data("text"), 'jk_total{method="GET",path="/a",namespace="x"}'), tostring(N / 2))
 end)
 
 test("the trace check itself fails on a loop that does not compile", function()
