@@ -96,12 +96,13 @@ test("hot-path errors: the first logged at once, then one line per interval with
     f:write(string.format([[
         package.path = "%s/lua/?.lua;" .. package.path
         package.cpath = "%s/?.so;" .. package.cpath
-        local now = 1000
+        local now, phase = 1000, "init"   -- init in init_by_lua, updates in a timer
         ngx = { ERR = 4, WARN = 5, now = function() return now end,
-                get_phase = function() return "timer" end,
+                get_phase = function() return phase end,
                 log = function(_, ...) io.write(table.concat({ ... }), "\n") end }
         local p = require("resty.shmetrics").init("x", { path = "%s", error_log_interval = 0.2 })
         local c = p:counter("le_total", "L", { "k" })
+        phase = "timer"
         for _ = 1, 5 do c:inc(-1, { "a" }) end   -- one line, 4 suppressed
         c:inc(1, { "a", "b" })                   -- another reason: its own first line
         now = now + 0.3
