@@ -957,7 +957,8 @@ impl Region {
         // SAFETY: the layout has a non-zero size.
         let base = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!base.is_null());
-        let r = Region::new(base, off.total as usize, Path::new("/heap/region"), params, off);
+        // No file behind it: descriptor -1 and no device or inode (nothing here reserves or checks a file).
+        let r = Region::new(base, off.total as usize, -1, (0, 0), Path::new("/heap/region"), params, off);
         // Relaxed: nobody else has the region yet.
         r.header().cells_used.store(RESERVED_CELLS, Ordering::Relaxed);
         Box::leak(Box::new(r))
