@@ -336,7 +336,7 @@ print(package.searchpath("resty.shmetrics", package.path))
 print(package.searchpath("libshmetrics", package.cpath))
 local p = m.init("rocks", {{ path = "{region}" }})
 p:counter("rocks_total", "From the rocks tree", {{"part"}}):inc(7, {{"both"}})
-io.write(p:metric_data())"#
+io.write(p:metric_data("text"))"#
     );
     let out = Command::new("luajit").args(["-e", &prog]).env("LUA_PATH", var("LUA_PATH")).env("LUA_CPATH", var("LUA_CPATH")).output().expect("luajit");
     common::nginx::remove_shm(Path::new(&region));
