@@ -88,6 +88,16 @@ typedef struct shmetrics_render shmetrics_render;
 #define SHMETRICS_SERIES_OVERFLOW 1073741824
 
 /*
+ `shmetrics_render_poll`: no piece is ready yet (yield, then poll again).
+ */
+#define SHMETRICS_RENDER_PENDING 2
+
+/*
+ Most pieces `shmetrics_render_start` lets wait in a job's queue.
+ */
+#define SHMETRICS_RENDER_MAX_DEPTH 16
+
+/*
  Most family names one scrape may ask for.
  */
 #define SHMETRICS_MAX_FILTER_NAMES 1024
@@ -326,6 +336,52 @@ int32_t shmetrics_render_next(shmetrics_render *it, size_t hint, const char **ch
  `it` from `shmetrics_render_open`, not used afterwards.
  */
 void shmetrics_render_close(shmetrics_render *it);
+
+/*
+ Starts an exposition, as `shmetrics_render_open` does, rendered on this
+ process's render thread (started by the first call in the process) in
+ pieces of about `hint` bytes, at most `depth` of them (1 to
+ `SHMETRICS_RENDER_MAX_DEPTH`) waiting at a time; take them with
+ `shmetrics_render_poll`. Call it in the process that serves the scrape (an
+ nginx worker), never in one that forks afterwards (the master).
+
+ # Safety
+ As `shmetrics_render_open`.
+ */
+int32_t shmetrics_render_start(const shmetrics_region *r,
+                               uint32_t format,
+                               const char *const *names,
+                               const size_t *lens,
+                               uint32_t n,
+                               size_t hint,
+                               uint32_t depth,
+                               shmetrics_render_job **out);
+
+/*
+ Takes the next piece of a job: returns 1 and sets `*chunk`/`*len` (valid
+ until the next call on `it`), `SHMETRICS_RENDER_PENDING` when it is not
+ rendered yet, 0 when the exposition is complete, or a negative code.
+ Never blocks (but for a lock the render thread holds only to move a piece).
+
+ # Safety
+ `it` from `shmetrics_render_start`, not stopped; `chunk`/`len` valid.
+ */
+int32_t shmetrics_render_poll(shmetrics_render_job *it, const char **chunk, size_t *len);
+
+/*
+ Stops a job (complete or not) and frees it: the render thread drops its
+ work on it before rendering anything else. NULL is ignored.
+
+ # Safety
+ `it` from `shmetrics_render_start`, not used afterwards.
+ */
+void shmetrics_render_stop(shmetrics_render_job *it);
+
+/*
+ Jobs of this process the render thread still holds (started, and neither
+ finished nor dropped after a stop): 0 when no scrape is in progress.
+ */
+uint32_t shmetrics_render_jobs(void);
 
 #ifdef __cplusplus
 }  // extern "C"

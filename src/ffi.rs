@@ -18,6 +18,7 @@ use crate::error::{self, Error};
 use crate::expo::Format;
 use crate::layout::{Params, KIND_HISTOGRAM, MAX_LABELS};
 use crate::region::{self, Opened, Region};
+use crate::offload::{self, Job, Poll};
 use crate::render::{Filter, Render};
 use crate::store;
 
@@ -62,6 +63,10 @@ pub const SHMETRICS_FORMAT_OPENMETRICS: u32 = 1;
 pub const SHMETRICS_FORMAT_JSON: u32 = 2;
 /// Added to a `shmetrics_series` result that is the overflow series' cell.
 pub const SHMETRICS_SERIES_OVERFLOW: i32 = 1_073_741_824;
+/// `shmetrics_render_poll`: no piece is ready yet (yield, then poll again).
+pub const SHMETRICS_RENDER_PENDING: i32 = 2;
+/// Most pieces `shmetrics_render_start` lets wait in a job's queue.
+pub const SHMETRICS_RENDER_MAX_DEPTH: u32 = 16;
 /// Most family names one scrape may ask for.
 pub const SHMETRICS_MAX_FILTER_NAMES: u32 = 1024;
 
@@ -83,6 +88,9 @@ pub type shmetrics_region = Region;
 /// An opaque exposition iterator.
 /// cbindgen:ignore
 pub type shmetrics_render = Render;
+/// An opaque exposition rendered on the library's thread.
+/// cbindgen:ignore
+pub type shmetrics_render_job = Job;
 
 fn fail(e: &Error) -> i32 {
     error::set_last(e.message());
@@ -531,45 +539,72 @@ pub unsafe extern "C" fn shmetrics_render_open(
 ) -> i32 {
     guard(SHMETRICS_E_INTERNAL, || {
         let run = || -> Result<i32, Error> {
-            // SAFETY: caller contract; regions are never freed ('static).
-            let r: &'static Region = unsafe { &*(region(r)? as *const Region) };
             if out.is_null() {
                 return Err(Error::invalid("bad argument \"out\": NULL".into()));
             }
-            // A file cut short or overwritten under us is not read (see check_mapped).
-            r.check_mapped()?;
-            let fmt = match format {
-                SHMETRICS_FORMAT_TEXT | SHMETRICS_FORMAT_JSON => Format::Text004,
-                SHMETRICS_FORMAT_OPENMETRICS => Format::OpenMetrics,
-                _ => return Err(Error::invalid(format!("bad argument \"format\": {format}"))),
-            };
-            let filter = if n == 0 {
-                Filter::all()
-            } else if n > SHMETRICS_MAX_FILTER_NAMES || names.is_null() || lens.is_null() {
-                return Err(Error::invalid(format!(
-                    "bad argument \"names\": NULL or more than {SHMETRICS_MAX_FILTER_NAMES}"
-                )));
-            } else {
-                let mut v = Vec::with_capacity(n as usize);
-                for i in 0..n as usize {
-                    // SAFETY: caller contract: n entries, each pointer to its length.
-                    let name = unsafe { bytes(*names.add(i), *lens.add(i)) }
-                        .ok_or_else(|| Error::invalid(format!("bad argument \"names\": entry {} is NULL", i + 1)))?;
-                    v.push(name.to_vec());
-                }
-                Filter::names(v)
-            };
-            let it = if format == SHMETRICS_FORMAT_JSON {
-                Render::json(r, filter)
-            } else {
-                Render::with_filter(r, fmt, filter)
-            };
+            // SAFETY: caller contract, passed on.
+            let args = unsafe { render_args(r, format, names, lens, n) }?;
             // SAFETY: `out` checked non-NULL above.
-            unsafe { *out = Box::into_raw(Box::new(it)) };
+            unsafe { *out = Box::into_raw(Box::new(args.build())) };
             Ok(0)
         };
         run().unwrap_or_else(|e| fail(&e))
     })
+}
+
+/// What a render was asked for, checked: the region, the format, the filter.
+struct RenderArgs {
+    region: &'static Region,
+    format: u32,
+    filter: Filter,
+}
+
+impl RenderArgs {
+    fn build(self) -> Render {
+        if self.format == SHMETRICS_FORMAT_JSON {
+            Render::json(self.region, self.filter)
+        } else {
+            let fmt = if self.format == SHMETRICS_FORMAT_OPENMETRICS { Format::OpenMetrics } else { Format::Text004 };
+            Render::with_filter(self.region, fmt, self.filter)
+        }
+    }
+}
+
+/// Checks the arguments `shmetrics_render_open` and `shmetrics_render_start` share.
+///
+/// # Safety
+/// `r` must be NULL or a region handle; `names`/`lens` hold `n` entries.
+unsafe fn render_args(
+    r: *const shmetrics_region,
+    format: u32,
+    names: *const *const c_char,
+    lens: *const usize,
+    n: u32,
+) -> Result<RenderArgs, Error> {
+    // SAFETY: caller contract; regions are never freed ('static).
+    let region: &'static Region = unsafe { &*(region(r)? as *const Region) };
+    // A file cut short or overwritten under us is not read (see check_mapped).
+    region.check_mapped()?;
+    if !matches!(format, SHMETRICS_FORMAT_TEXT | SHMETRICS_FORMAT_OPENMETRICS | SHMETRICS_FORMAT_JSON) {
+        return Err(Error::invalid(format!("bad argument \"format\": {format}")));
+    }
+    let filter = if n == 0 {
+        Filter::all()
+    } else if n > SHMETRICS_MAX_FILTER_NAMES || names.is_null() || lens.is_null() {
+        return Err(Error::invalid(format!(
+            "bad argument \"names\": NULL or more than {SHMETRICS_MAX_FILTER_NAMES}"
+        )));
+    } else {
+        let mut v = Vec::with_capacity(n as usize);
+        for i in 0..n as usize {
+            // SAFETY: caller contract: n entries, each pointer to its length.
+            let name = unsafe { bytes(*names.add(i), *lens.add(i)) }
+                .ok_or_else(|| Error::invalid(format!("bad argument \"names\": entry {} is NULL", i + 1)))?;
+            v.push(name.to_vec());
+        }
+        Filter::names(v)
+    };
+    Ok(RenderArgs { region, format, filter })
 }
 
 /// Pages a JSON render: for every family, only its series `offset..offset +
@@ -648,4 +683,100 @@ pub unsafe extern "C" fn shmetrics_render_close(it: *mut shmetrics_render) {
             drop(unsafe { Box::from_raw(it) });
         }
     })
+}
+
+/// Starts an exposition, as `shmetrics_render_open` does, rendered on this
+/// process's render thread (started by the first call in the process) in
+/// pieces of about `hint` bytes, at most `depth` of them (1 to
+/// `SHMETRICS_RENDER_MAX_DEPTH`) waiting at a time; take them with
+/// `shmetrics_render_poll`. Call it in the process that serves the scrape (an
+/// nginx worker), never in one that forks afterwards (the master).
+///
+/// # Safety
+/// As `shmetrics_render_open`.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_render_start(
+    r: *const shmetrics_region,
+    format: u32,
+    names: *const *const c_char,
+    lens: *const usize,
+    n: u32,
+    hint: usize,
+    depth: u32,
+    out: *mut *mut shmetrics_render_job,
+) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        let run = || -> Result<i32, Error> {
+            if out.is_null() {
+                return Err(Error::invalid("bad argument \"out\": NULL".into()));
+            }
+            if depth == 0 || depth > SHMETRICS_RENDER_MAX_DEPTH {
+                return Err(Error::invalid(format!(
+                    "bad argument \"depth\": {depth}; 1 to {SHMETRICS_RENDER_MAX_DEPTH}"
+                )));
+            }
+            // SAFETY: caller contract, passed on.
+            let args = unsafe { render_args(r, format, names, lens, n) }?;
+            let job = Job::start(Box::new(move || args.build()), hint, depth as usize).map_err(Error::Internal)?;
+            // SAFETY: `out` checked non-NULL above.
+            unsafe { *out = Box::into_raw(Box::new(job)) };
+            Ok(0)
+        };
+        run().unwrap_or_else(|e| fail(&e))
+    })
+}
+
+/// Takes the next piece of a job: returns 1 and sets `*chunk`/`*len` (valid
+/// until the next call on `it`), `SHMETRICS_RENDER_PENDING` when it is not
+/// rendered yet, 0 when the exposition is complete, or a negative code.
+/// Never blocks (but for a lock the render thread holds only to move a piece).
+///
+/// # Safety
+/// `it` from `shmetrics_render_start`, not stopped; `chunk`/`len` valid.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_render_poll(it: *mut shmetrics_render_job, chunk: *mut *const c_char, len: *mut usize) -> i32 {
+    guard(SHMETRICS_E_INTERNAL, || {
+        // SAFETY: caller contract.
+        let Some(it) = (unsafe { it.as_mut() }) else {
+            return fail(&Error::invalid("bad argument \"it\": NULL".into()));
+        };
+        if chunk.is_null() || len.is_null() {
+            return fail(&Error::invalid("bad argument \"chunk\": NULL".into()));
+        }
+        match it.poll() {
+            Poll::Piece => {
+                // SAFETY: checked non-NULL above.
+                unsafe {
+                    *chunk = it.current.as_ptr().cast();
+                    *len = it.current.len();
+                }
+                1
+            }
+            Poll::Pending => SHMETRICS_RENDER_PENDING,
+            Poll::Done => 0,
+            Poll::Failed(m) => fail(&Error::Internal(m)),
+        }
+    })
+}
+
+/// Stops a job (complete or not) and frees it: the render thread drops its
+/// work on it before rendering anything else. NULL is ignored.
+///
+/// # Safety
+/// `it` from `shmetrics_render_start`, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn shmetrics_render_stop(it: *mut shmetrics_render_job) {
+    guard((), || {
+        if !it.is_null() {
+            // SAFETY: `it` came from Box::into_raw in render_start and is stopped once.
+            drop(unsafe { Box::from_raw(it) });
+        }
+    })
+}
+
+/// Jobs of this process the render thread still holds (started, and neither
+/// finished nor dropped after a stop): 0 when no scrape is in progress.
+#[no_mangle]
+pub extern "C" fn shmetrics_render_jobs() -> u32 {
+    guard(0, || offload::live_jobs().min(u32::MAX as usize) as u32)
 }

@@ -12,6 +12,7 @@ pub mod ffi;
 pub mod hash;
 pub mod json;
 pub mod layout;
+pub mod offload;
 pub mod region;
 pub mod render;
 pub mod store;

@@ -81,6 +81,7 @@ fn lua_constants_agree_with_header() {
         ("FORMAT_JSON", "SHMETRICS_FORMAT_JSON"),
         ("MAX_FILTER_NAMES", "SHMETRICS_MAX_FILTER_NAMES"),
         ("SERIES_OVERFLOW", "SHMETRICS_SERIES_OVERFLOW"),
+        ("RENDER_PENDING", "SHMETRICS_RENDER_PENDING"),
     ] {
         assert_eq!(lua_local(lua), header_define(c), "{lua} vs {c}");
     }

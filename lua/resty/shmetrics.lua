@@ -30,6 +30,7 @@ local _M = {
 ffi.cdef [[
 typedef struct shmetrics_region shmetrics_region;
 typedef struct shmetrics_render shmetrics_render;
+typedef struct shmetrics_render_job shmetrics_render_job;
 typedef struct shmetrics_options {
     uint32_t max_series;
     uint32_t max_families;
@@ -76,6 +77,12 @@ int32_t shmetrics_render_next(shmetrics_render *it, size_t hint,
 void shmetrics_render_close(shmetrics_render *it);
 int32_t shmetrics_render_page(shmetrics_render *it, uint64_t offset, uint64_t limit,
                               const char *needle, size_t needle_len);
+int32_t shmetrics_render_start(const shmetrics_region *r, uint32_t format,
+                               const char *const *names, const size_t *lens, uint32_t n,
+                               size_t hint, uint32_t depth, shmetrics_render_job **out);
+int32_t shmetrics_render_poll(shmetrics_render_job *it, const char **chunk, size_t *len);
+void shmetrics_render_stop(shmetrics_render_job *it);
+uint32_t shmetrics_render_jobs(void);
 ]]
 
 -- Mirrors of the header's constants (a test checks they agree).
@@ -90,6 +97,8 @@ local FORMAT_OPENMETRICS = 1
 local FORMAT_JSON = 2
 local MAX_FILTER_NAMES = 1024
 local SERIES_OVERFLOW = 1073741824   -- 1 << 30, set in a shmetrics_series result
+local RENDER_PENDING = 2             -- shmetrics_render_poll: no piece ready yet
+local RENDER_DEPTH = 2               -- pieces a scrape's queue holds on the render thread
 local WARN_INTERVAL = 60             -- seconds between warnings of one kind per metric
 local FLAG_RESET = 1
 local FLAG_FOLLOW_CONFIG = 2
@@ -138,6 +147,7 @@ local vals_buf = ffi_new("const char *[?]", MAX_LABELS)
 local lens_buf = ffi_new("size_t[?]", MAX_LABELS)
 local region_out = ffi_new("const shmetrics_region *[1]")
 local render_out = ffi_new("shmetrics_render *[1]")
+local job_out = ffi_new("shmetrics_render_job *[1]")
 local chunk_out = ffi_new("const char *[1]")
 local len_out = ffi_new("size_t[1]")
 local errbuf_len = 1024
@@ -1073,6 +1083,61 @@ local function scrape_names()
     return names
 end
 
+-- Phases that serve a scrape from the render thread: request phases, which
+-- nginx runs only in workers (the thread must never start in the master,
+-- which forks), and which can yield while the thread renders.
+local THREADED = { content = true, rewrite = true, access = true }
+
+-- Serves the exposition rendered on the library's render thread: polls for
+-- each piece, sends it, and sleeps 1 ms between pieces (and while none is
+-- ready), so the worker only ever holds its event loop to copy and send one
+-- piece. The thread keeps at most RENDER_DEPTH pieces ready; ngx.flush(true)
+-- waits while the client is slower than that, so nginx never buffers more
+-- than one piece either. Stops the job as soon as the client is gone.
+-- Returns true, or nil, err.
+local function render_threaded(self, format, names)
+    local n, ptrs, lens = fill_names(names)
+    if not n then
+        return nil, ptrs
+    end
+    local rc = lib.shmetrics_render_start(self.h, format, ptrs, lens, n, self.chunk_bytes,
+                                          RENDER_DEPTH, job_out)
+    if rc < 0 then
+        return nil, last_error(rc)
+    end
+    -- Stopped by the GC if the request is torn down while it sleeps;
+    -- explicitly below otherwise.
+    local job = ffi.gc(job_out[0], lib.shmetrics_render_stop)
+    local sent, bytes = true, 0
+    while true do
+        rc = lib.shmetrics_render_poll(job, chunk_out, len_out)
+        if rc == 1 then
+            -- Copied before any yield: the piece is valid until the next poll.
+            local ok, err = ngx.print(ffi_string(chunk_out[0], len_out[0]))
+            if ok then
+                ok, err = ngx.flush(true)
+            end
+            if not ok then
+                -- The client is gone: nothing more to render or send.
+                log(ngx.INFO, "shmetrics: scrape stopped after ", bytes, " bytes: ", err)
+                sent = false
+                break
+            end
+            bytes = bytes + tonumber(len_out[0])
+        elseif rc ~= RENDER_PENDING then
+            break
+        end
+        pause()
+    end
+    ffi.gc(job, nil)
+    lib.shmetrics_render_stop(job)
+    if sent and rc < 0 then
+        return nil, last_error(rc)
+    end
+    log_corrupt(self)
+    return true
+end
+
 -- Serves the registry in `format` for the scrape's ?name[]= filter.
 local function serve(self, format)
     local names = scrape_names()
@@ -1080,8 +1145,13 @@ local function serve(self, format)
         return ngx.exit(ngx.HTTP_BAD_REQUEST)
     end
     ngx.header.content_type = CONTENT_TYPE[format]
-    local ok, err = render(self, format, names, ngx.print,
-                           YIELDABLE[ngx.get_phase()] and pause or nil)
+    local p = ngx.get_phase()
+    local ok, err
+    if self.render_thread and THREADED[p] then
+        ok, err = render_threaded(self, format, names)
+    else
+        ok, err = render(self, format, names, ngx.print, YIELDABLE[p] and pause or nil)
+    end
     if not ok then
         log(ngx.ERR, "shmetrics: rendering failed: ", err)
         return ngx.exit(ngx.HTTP_INTERNAL_SERVER_ERROR)
@@ -1162,6 +1232,16 @@ function Registry:collect_json()
     return serve(self, FORMAT_JSON)
 end
 
+--- shmetrics.render_jobs() -> n
+-- Scrapes this process's render thread still holds (started, neither finished
+-- nor dropped after the client left): 0 when none is in progress. Diagnostics.
+function _M.render_jobs()
+    if not lib then
+        return 0
+    end
+    return lib.shmetrics_render_jobs()
+end
+
 --- prometheus:status()   (content_by_lua: the live status page, docs/status.md)
 function Registry:status()
     return require("resty.shmetrics.status").serve(self, lib, last_error)
@@ -1170,7 +1250,7 @@ end
 local OPTIONS = {
     path = "string", max_series = "number", max_families = "number",
     max_slots = "number", max_label_bytes = "number", max_cells = "number",
-    arena_bytes = "number", reset = "boolean", chunk_bytes = "number",
+    arena_bytes = "number", reset = "boolean", chunk_bytes = "number", render_thread = "boolean",
     lib_path = "string", format = "string", error_log_interval = "number",
     -- nginx-lua-prometheus's options
     prefix = "string", error_metric_name = "string", sync_interval = "number",
@@ -1289,6 +1369,8 @@ function _M.init(name, opts)
         metrics = {},
         -- About half a millisecond of rendering on a 2-core VM (see BENCHMARKS.md).
         chunk_bytes = opts.chunk_bytes or 262144,
+        -- collect() renders on the library's thread (false: in the event loop).
+        render_thread = opts.render_thread ~= false,
         prefix = opts.prefix or "",
         format = SCRAPE_FORMATS[opts.format or "auto"],
         log_interval = opts.error_log_interval or WARN_INTERVAL,
