@@ -3,7 +3,7 @@
 
 Called by scripts/bench.sh (`make bench`), after `cargo build --release`.
 
-    python3 benches/bench.py [section ...]    sections: ops callgrind request scrape memory
+    python3 benches/bench.py [section ...]    sections: ops callgrind request gateway scrape stall memory
                                               (default: all of them, in that order)
 
 Environment: BENCH_QUICK=1 for a fast smoke run (fewer and shorter runs; the
@@ -47,7 +47,7 @@ NGINX = "/usr/sbin/nginx"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 OUT = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "BENCHMARKS.md")
 
-SECTIONS = ["ops", "callgrind", "request", "gateway", "scrape", "memory"]
+SECTIONS = ["ops", "callgrind", "request", "gateway", "scrape", "stall", "memory"]
 
 # Run counts and durations (full / quick).
 ROUNDS = 5 if QUICK else 9                 # per-op rounds in nginx
@@ -62,6 +62,10 @@ SCRAPE_SIZES = [1_000, 10_000, 100_000, 1_000_000]
 SCRAPE_RUNS = 5 if QUICK else 9
 STALL_SCRAPES = 5 if QUICK else 7
 LAT_ROUNDS = 5 if QUICK else 7
+STALL_SIZES = [100_000, 1_000_000]
+STALL_ROUNDS = 3 if QUICK else 5
+STALL_SECONDS = 2 if QUICK else 3
+STALL_CONCURRENT = 50
 LAT_SECONDS = 2 if QUICK else 5
 WRK_CONNS = 8
 
@@ -760,7 +764,8 @@ def scrape_loop(url, stop, count):
 def bench_scrape():
     sizes = SCRAPE_SIZES
     biggest = max(sizes)
-    n = Nginx("bench_scrape", MAX_SERIES=biggest + biggest // 10, MAX_CELLS=biggest + biggest // 10 + 64)
+    n = Nginx("bench_scrape", MAX_SERIES=biggest + biggest // 10, MAX_CELLS=biggest + biggest // 10 + 64,
+              RENDER_THREAD="true")
     murl = f"http://127.0.0.1:{n.metrics_port}/metrics"
     res = {"sizes": [], "latency": None}
     try:
@@ -823,6 +828,148 @@ def latency_rounds(n, murl):
     out["p50_ratio"] = median([b["p50_ms"] / q["p50_ms"] for q, b in zip(quiet, busy)])
     out["scrapes_per_s"] = median(scrapes)
     return out
+
+
+# --------------------------------------------------------------------------
+# 3b. A scrape's hold on the worker: in the event loop (main's way) or on the thread
+
+STALL_MODES = [("loop", "false", "`render_thread = false`: rendered in the event loop, 1 ms sleep between pieces (**before**)"),
+               ("thread", "true", "`render_thread = true` (default): rendered on the library's thread (**after**)")]
+
+
+def window(n, murl, scrapers):
+    """wrk on /ping for STALL_SECONDS while `scrapers` clients scrape /metrics back to
+    back (none: the idle baseline), with the worker's 1 ms timer monitor armed, and the
+    worker's RssAnon sampled every 20 ms. Returns wrk's figures plus gap_ms (the
+    longest gap between timer ticks), scrapes/s and the peak RssAnon."""
+    ping = f"http://127.0.0.1:{n.port}/ping"
+    stop, count = threading.Event(), [0]
+    ths = [threading.Thread(target=scrape_loop, args=(murl, stop, count)) for _ in range(scrapers)]
+    peak = [0]
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_anon(n.worker) or 0)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for t in ths:
+        t.start()
+    try:
+        time.sleep(0.3 if scrapers else 0.05)
+        c0 = count[0]
+        t0 = time.monotonic()
+        n.get("/monitor?op=arm")
+        r = wrk(ping, STALL_SECONDS, latency=True)
+        r["cpu_ms"] = float(n.get("/monitor?op=cpu"))
+        r["gap_ms"] = float(n.get("/monitor?op=read"))
+        r["scrapes_per_s"] = (count[0] - c0) / (time.monotonic() - t0)
+    finally:
+        stop.set()
+        for t in ths:
+            t.join()
+        sampler.join()
+    r["rss_peak"] = peak[0]
+    return r
+
+
+def bench_stall():
+    biggest = max(STALL_SIZES)
+    nginxes = {}
+    res = {"sizes": {}, "rounds": STALL_ROUNDS, "seconds": STALL_SECONDS, "load_start": open("/proc/loadavg").read().split()[:3]}
+    try:
+        for mode, flag, _ in STALL_MODES:
+            nginxes[mode] = Nginx("bench_scrape", MAX_SERIES=biggest + biggest // 10,
+                                  MAX_CELLS=biggest + biggest // 10 + 64, RENDER_THREAD=flag)
+        for size in STALL_SIZES:
+            row = {}
+            for mode, n in nginxes.items():
+                n.get(f"/setup?n={size}")
+                murl = f"http://127.0.0.1:{n.metrics_port}/metrics"
+                curl_time(murl)   # the label-block cache, warmed once per size
+                row[mode] = {"idle": [], "busy": [], "many": [], "rss_idle": rss_anon(n.worker)}
+            # Rounds alternate the modes, so that both meet the same machine load.
+            for _ in range(STALL_ROUNDS):
+                for mode, n in nginxes.items():
+                    murl = f"http://127.0.0.1:{n.metrics_port}/metrics"
+                    row[mode]["idle"].append(window(n, murl, 0))
+                    row[mode]["busy"].append(window(n, murl, 1))
+                    if size == min(STALL_SIZES):
+                        row[mode]["many"].append(window(n, murl, STALL_CONCURRENT))
+            log(f"stall {size}: " + json.dumps({m: {k: [(w['p99_ms'], w['gap_ms']) for w in v]
+                                                    for k, v in r.items() if k != 'rss_idle'}
+                                                for m, r in row.items()}))
+            res["sizes"][size] = row
+        for n in nginxes.values():
+            bad, _ = n.log_problems()
+            if bad:
+                raise RuntimeError("errors in nginx error.log:\n" + "\n".join(bad[:10]))
+        res["load_end"] = open("/proc/loadavg").read().split()[:3]
+        return res
+    finally:
+        for n in nginxes.values():
+            n.stop()
+
+
+def stall_limit(size, idle_p99):
+    """The issue's target for p99 while scraping: 1.5x idle + 0.5 ms at 100k, 2x + 1 ms at 1M."""
+    return 1.5 * idle_p99 + 0.5 if size <= 100_000 else 2 * idle_p99 + 1
+
+
+def stall_summary(res):
+    """Per size and mode: medians over rounds (p99 idle/busy, gaps, ...)."""
+    out = []
+    for size, row in sorted(res["sizes"].items(), key=lambda kv: int(kv[0])):
+        size = int(size)
+        for mode, flag, label in STALL_MODES:
+            r = row[mode]
+            m = lambda ws, k: median([w[k] for w in ws]) if ws else None
+            idle99, busy99 = m(r["idle"], "p99_ms"), m(r["busy"], "p99_ms")
+            d = dict(size=size, mode=mode, label=label, idle99=idle99, busy99=busy99,
+                     limit=stall_limit(size, idle99),
+                     idle_max=m(r["idle"], "max_ms"), busy_max=m(r["busy"], "max_ms"),
+                     idle_gap=m(r["idle"], "gap_ms"), busy_gap=m(r["busy"], "gap_ms"),
+                     busy_gap_worst=max(w["gap_ms"] for w in r["busy"]),
+                     idle_gap_worst=max(w["gap_ms"] for w in r["idle"]),
+                     idle_cpu=m(r["idle"], "cpu_ms"), busy_cpu=m(r["busy"], "cpu_ms"),
+                     busy_cpu_worst=max(w["cpu_ms"] for w in r["busy"]),
+                     stall=median([b["gap_ms"] - i["gap_ms"] for i, b in zip(r["idle"], r["busy"])]),
+                     scrapes=m(r["busy"], "scrapes_per_s"),
+                     busy99_all=[w["p99_ms"] for w in r["busy"]], idle99_all=[w["p99_ms"] for w in r["idle"]])
+            if r["many"]:
+                d.update(many99=m(r["many"], "p99_ms"), many_max=m(r["many"], "max_ms"),
+                         many_gap=m(r["many"], "gap_ms"), many_cpu=m(r["many"], "cpu_ms"), many_scrapes=m(r["many"], "scrapes_per_s"),
+                         many_rss=max(w["rss_peak"] for w in r["many"]) - (r["rss_idle"] or 0),
+                         many99_all=[w["p99_ms"] for w in r["many"]])
+            out.append(d)
+    return out
+
+
+def stall_section(res):
+    rows = stall_summary(res)
+    L = ["| series | how `collect()` renders | `/ping` p99 idle, ms | p99 while `/metrics` is scraped back to back, ms | target: ≤ | |"
+         " `/ping` max idle / scraping, ms | longest gap of the 1 ms timer idle / scraping, ms (median of rounds; worst) |"
+         " **longest stall**: most CPU the event loop used between two ticks, idle / scraping, ms (median; worst) | scrapes/s |",
+         "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for d in rows:
+        L.append(f"| {d['size']:,} | {d['label']} | {fmt(d['idle99'], 3)} | {fmt(d['busy99'], 3)} | {fmt(d['limit'], 3)} | "
+                 f"{mark(d['busy99'] <= d['limit'])} | {fmt(d['idle_max'], 1)} / {fmt(d['busy_max'], 1)} | "
+                 f"{fmt(d['idle_gap'], 2)} / {fmt(d['busy_gap'], 2)} ({fmt(d['idle_gap_worst'], 1)}; {fmt(d['busy_gap_worst'], 1)}) | "
+                 f"{fmt(d['idle_cpu'], 2)} / **{fmt(d['busy_cpu'], 2)}** ({fmt(d['busy_cpu_worst'], 2)}) | "
+                 f"{fmt(d['scrapes'], 1)} |")
+    many = [d for d in rows if "many99" in d]
+    if many:
+        L += ["", f"| {STALL_CONCURRENT} concurrent scrapers, back to back | series | `/ping` p99, ms (idle) | target ≤ 10 ms | | `/ping` max, ms | longest timer gap, ms | most event-loop CPU between ticks, ms | scrapes/s | worker RssAnon peak − idle (÷ {STALL_CONCURRENT}) |",
+              "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for d in many:
+            L.append(f"| {d['label']} | {d['size']:,} | {fmt(d['many99'], 3)} ({fmt(d['idle99'], 3)}) | 10 | {mark(d['many99'] <= 10)} | "
+                     f"{fmt(d['many_max'], 1)} | {fmt(d['many_gap'], 2)} | {fmt(d['many_cpu'], 2)} | {fmt(d['many_scrapes'], 1)} | "
+                     f"{d['many_rss'] / 2**20:,.1f} MiB ({d['many_rss'] / STALL_CONCURRENT / 2**10:,.0f} KiB) |")
+    L += ["", "p99 per round (idle → scraping), ms: " + "; ".join(
+        f"{d['size'] // 1000}k {d['mode']}: " + ", ".join(f"{fmt(a, 2)}→{fmt(b, 2)}" for a, b in zip(d['idle99_all'], d['busy99_all']))
+        for d in rows)]
+    return "\n".join(L)
 
 
 def scrape_tables(res):
@@ -986,6 +1133,20 @@ def targets_summary(res):
             L.append(f"| p99 of other requests while scraping back to back at 100k series ≤ 2× without | "
                      f"{ratio(lat['p99_ratio'], 1)} ({fmt(lat['busy']['p99_ms'], 2)} against {fmt(lat['quiet']['p99_ms'], 2)} ms) | "
                      f"{mark(lat['p99_ratio'] <= 2)} |")
+    if "stall" in res:
+        for d in stall_summary(res["stall"]):
+            if d["mode"] != "thread":
+                continue
+            L.append(f"| {d['size']:,} series, scraped back to back: p99 of other requests ≤ "
+                     f"{'1.5× idle + 0.5 ms' if d['size'] <= 100_000 else '2× idle + 1 ms'} | {fmt(d['busy99'], 2)} ms against"
+                     f" ≤ {fmt(d['limit'], 2)} (idle {fmt(d['idle99'], 2)}); longest timer gap {fmt(d['busy_gap'], 2)} ms"
+                     f" (idle {fmt(d['idle_gap'], 2)}) | {mark(d['busy99'] <= d['limit'])} |")
+            L.append(f"| {d['size']:,} series: no stall longer than 0.5 ms | the event loop ran at most {fmt(d['busy_cpu'], 2)} ms"
+                     f" of CPU between two 1 ms ticks while scraping (worst round {fmt(d['busy_cpu_worst'], 2)}; idle"
+                     f" {fmt(d['idle_cpu'], 2)}) | {mark(d['busy_cpu_worst'] <= 0.5)} |")
+            if "many99" in d:
+                L.append(f"| {STALL_CONCURRENT} concurrent scrapes at {d['size']:,} series: p99 of other requests ≤ 10 ms | "
+                         f"{fmt(d['many99'], 2)} ms | {mark(d['many99'] <= 10)} |")
     if "memory" in res and res["memory"].get("counter_2w"):
         b = res["memory"]["counter_2w"]
         L.append(f"| shared memory per series ≤ half of the pure-Lua ~384 B, at 2 worker slots | "
@@ -1143,6 +1304,31 @@ def write_report(info, res, sections, elapsed):
               "# at 100k, alternating:",
               f"wrk -t1 -c8 -d{LAT_SECONDS}s --latency http://127.0.0.1:$PORT/ping",
               f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done & wrk -t1 -c8 -d{LAT_SECONDS}s --latency http://127.0.0.1:$PORT/ping",
+              "```", ""]
+    if "stall" in res:
+        r = res["stall"]
+        L += ["## 3b. Scrapes off the event loop", "",
+              "One nginx worker (pinned to its CPU, as above) serves `/ping` (`return 200`) and `/metrics`"
+              " (`prometheus:collect()`). Two such nginx run side by side with the same series, one per way of"
+              " rendering: in the event loop, in pieces of `chunk_bytes` (256 KiB) with a 1 ms sleep between"
+              " them (what main did before), and on the library's render thread (`shmetrics_render_start`/"
+              "`_poll`), the handler sleeping 1 ms between pieces and while none is ready. Per round and way:"
+              f" wrk (`-t1 -c8 --latency`, {r['seconds']} s) on `/ping` idle, then while one client (curl) scrapes"
+              f" `/metrics` back to back, then (at {min(STALL_SIZES):,} series) while {STALL_CONCURRENT} clients do;"
+              " meanwhile a chain of 1 ms timers inside the worker records the longest gap between two ticks"
+              " (a tick is late by as long as the worker's event loop was held: the longest stall, plus the"
+              f" timer's own period of ~1 ms and whatever the machine adds). {r['rounds']} rounds, the two ways"
+              " alternating; medians of the rounds. Targets from the issue: p99 while scraping ≤ 1.5 × idle p99"
+              " + 0.5 ms at 100k series, ≤ 2 × idle p99 + 1 ms at 1M; with 50 concurrent scrapes ≤ 10 ms."
+              f" Machine load (1, 5, 15 min) at the start of this section {', '.join(r['load_start'])},"
+              f" at its end {', '.join(r.get('load_end', ['?']))} (2 CPUs: other processes ran beside it).", "",
+              stall_section(r), "",
+              "Commands:", "",
+              "```sh",
+              f"{env}scripts/bench.sh stall",
+              "# two nginx -c nginx-test-conf/bench_scrape.conf (rendered; RENDER_THREAD=false and true), then per size and round:",
+              "curl /monitor?op=arm; " + f"wrk -t1 -c8 -d{r['seconds']}s --latency http://127.0.0.1:$PORT/ping; curl /monitor?op=read",
+              f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done &   # 1 or {STALL_CONCURRENT} of them, during the same",
               "```", ""]
     if "memory" in res or "scrape" in res:
         L += ["## 4. Shared memory per series", ""]

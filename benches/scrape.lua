@@ -116,17 +116,26 @@ end
 -- gap between two of its ticks while armed. A tick is late by as long as the
 -- worker was busy elsewhere (a scrape piece not yielding, say): the longest gap
 -- minus 1 ms is the longest time the worker served nothing else.
+--
+-- Beside the wall-clock gap, the CPU time the worker's event-loop thread used
+-- between two ticks (its CLOCK_THREAD_CPUTIME_ID): what the loop itself did
+-- while the tick waited, without the time other processes of the machine held
+-- the CPU (a render thread's work is on its own clock, not on this one).
 local armed, last, maxgap = false, 0, 0
+local lastcpu, maxcpu = 0, 0
 
 local function tick(premature)
     if premature or not armed then
         return
     end
-    local now = ops.now_ns()
+    local now, cpu = ops.now_ns(), cpu_ns()
     if last > 0 and now - last > maxgap then
         maxgap = now - last
     end
-    last = now
+    if last > 0 and cpu - lastcpu > maxcpu then
+        maxcpu = cpu - lastcpu
+    end
+    last, lastcpu = now, cpu
     local ok, err = ngx.timer.at(0.001, tick)
     if not ok then
         ngx.log(ngx.ERR, "stall monitor: ", err)
@@ -135,11 +144,15 @@ local function tick(premature)
 end
 
 -- /monitor?op=arm starts a measurement, /monitor?op=read ends it and returns
--- the longest gap in ms.
+-- the longest gap in ms; /monitor?op=cpu (before read) returns the most CPU
+-- time in ms the loop used between two ticks.
 function M.monitor(op)
+    if op == "cpu" then
+        return maxcpu / 1e6
+    end
     if op == "arm" then
         if not armed then
-            armed, last, maxgap = true, 0, 0
+            armed, last, maxgap, maxcpu = true, 0, 0, 0
             local ok, err = ngx.timer.at(0, tick)
             if not ok then
                 return nil, err
