@@ -9,6 +9,7 @@
 /* Opaque handles. */
 typedef struct shmetrics_region shmetrics_region;
 typedef struct shmetrics_render shmetrics_render;
+typedef struct shmetrics_render_job shmetrics_render_job;
 
 /*
  Version of this ABI; bumped on any incompatible change. The Lua module and

@@ -799,3 +799,77 @@ fn render_with_tiny_hints_concatenates_to_the_same_body() {
         assert_eq!(render(r, hint), whole, "hint {hint}");
     }
 }
+
+/// The whole exposition through `shmetrics_render_start`/`_poll` (the render
+/// thread), polling until done, and the number of pieces it came in.
+fn render_threaded(r: R, hint: usize, depth: u32) -> (String, usize) {
+    let mut it: *mut shmetrics_render_job = null_mut();
+    // SAFETY: `r` is a region handle; `it` a valid out-pointer.
+    assert_eq!(unsafe { shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, hint, depth, &mut it) }, 0);
+    let (mut body, mut pieces) = (Vec::new(), 0);
+    let mut chunk: *const c_char = null();
+    let mut len = 0usize;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // SAFETY: `it` is running; out-pointers valid.
+        match unsafe { shmetrics_render_poll(it, &mut chunk, &mut len) } {
+            0 => break,
+            1 => {
+                // SAFETY: the piece is valid until the next call on `it`.
+                body.extend_from_slice(unsafe { std::slice::from_raw_parts(chunk.cast::<u8>(), len) });
+                pieces += 1;
+            }
+            SHMETRICS_RENDER_PENDING => std::thread::sleep(std::time::Duration::from_micros(100)),
+            rc => panic!("poll: {rc} {}", last_error()),
+        }
+        assert!(std::time::Instant::now() < deadline, "threaded render with hint {hint} did not finish");
+    }
+    // SAFETY: `it` came from render_start and is stopped once.
+    unsafe { shmetrics_render_stop(it) };
+    (String::from_utf8(body).unwrap(), pieces)
+}
+
+#[test]
+fn render_thread_gives_the_same_body_and_refuses_bad_arguments() {
+    let shm = Shm::new("abi-render-thread");
+    let r = create(&shm, &opts(256, 4));
+    let c = family(r, KIND_COUNTER, "t_total", &["k"], &[]) as u32;
+    let h = family(r, KIND_HISTOGRAM, "u", &["k"], &[0.5, 1.0]) as u32;
+    for i in 0..100 {
+        assert!(series(r, c, &[format!("v{i}").as_bytes()]) >= 0);
+        assert!(series(r, h, &[format!("w{i}").as_bytes()]) >= 0);
+    }
+    let whole = render(r, usize::MAX);
+    for (hint, depth) in [(1, 1), (100, 2), (1000, 16), (usize::MAX, 1)] {
+        let (body, pieces) = render_threaded(r, hint, depth);
+        assert_eq!(body, whole, "hint {hint}, depth {depth}");
+        assert_eq!(pieces > 1, hint < whole.len(), "hint {hint}: {pieces} pieces");
+    }
+    let mut it: *mut shmetrics_render_job = null_mut();
+    let mut chunk: *const c_char = null();
+    let mut len = 0usize;
+    // SAFETY (all calls): NULLs and bad values must be refused; `it` is stopped once.
+    unsafe {
+        for depth in [0, SHMETRICS_RENDER_MAX_DEPTH + 1] {
+            assert_eq!(shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, depth, &mut it), SHMETRICS_E_INVALID);
+            assert_eq!(last_error(), format!("bad argument \"depth\": {depth}; 1 to {SHMETRICS_RENDER_MAX_DEPTH}"));
+        }
+        assert_eq!(shmetrics_render_start(null(), SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, 2, &mut it), SHMETRICS_E_INVALID);
+        assert_eq!(last_error(), "bad argument \"region\": NULL");
+        assert_eq!(shmetrics_render_start(r, 3, null(), null(), 0, 100, 2, &mut it), SHMETRICS_E_INVALID);
+        assert_eq!(shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, 2, null_mut()), SHMETRICS_E_INVALID);
+        assert!(it.is_null());
+        assert_eq!(shmetrics_render_poll(null_mut(), &mut chunk, &mut len), SHMETRICS_E_INVALID);
+        shmetrics_render_stop(null_mut());
+        // Stopped early: the thread lets go of the job.
+        assert_eq!(shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 1, 1, &mut it), 0);
+        assert_eq!(shmetrics_render_poll(it, null_mut(), &mut len), SHMETRICS_E_INVALID);
+        shmetrics_render_stop(it);
+    }
+    // Tests of this file run in parallel: other threaded renders may be running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shmetrics_render_jobs() != 0 {
+        assert!(std::time::Instant::now() < deadline, "{} render jobs still held", shmetrics_render_jobs());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
