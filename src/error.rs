@@ -67,6 +67,17 @@ impl std::fmt::Display for Error {
     }
 }
 
+/// What a caught panic says: "internal error (a bug in shmetrics)" and its
+/// message, if it carried one.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("internal error (a bug in shmetrics): {what}")
+}
+
 /// A short fixed description of a code (NUL-terminated, for `shmetrics_strerror`).
 pub fn strerror(code: i32) -> &'static str {
     match code {

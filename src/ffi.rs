@@ -102,12 +102,7 @@ fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            error::set_last(&format!("internal error (a bug in shmetrics): {what}"));
+            error::set_last(&error::panic_message(&*p));
             on_panic
         }
     }

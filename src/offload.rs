@@ -234,14 +234,7 @@ fn step(t: &mut Task) {
     match res {
         Ok(Some(piece)) => q.pieces.push_back(piece),
         Ok(None) => q.done = true,
-        Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            q.failed = Some(format!("internal error (a bug in shmetrics) while rendering: {what}"));
-        }
+        Err(p) => q.failed = Some(crate::error::panic_message(&*p)),
     }
     if q.done || q.failed.is_some() {
         // Nothing more to render: free the renderer now, not when the handler stops.

@@ -1090,11 +1090,13 @@ local THREADED = { content = true, rewrite = true, access = true }
 
 -- Serves the exposition rendered on the library's render thread: polls for
 -- each piece, sends it, and sleeps 1 ms between pieces (and while none is
--- ready), so the worker only ever holds its event loop to copy and send one
--- piece. The thread keeps at most RENDER_DEPTH pieces ready; ngx.flush(true)
+-- ready, or while other scrapes have sent a piece's worth in this
+-- millisecond), so the worker only ever holds its event loop to copy and send
+-- one piece. The thread keeps at most RENDER_DEPTH pieces ready; ngx.flush(true)
 -- waits while the client is slower than that, so nginx never buffers more
 -- than one piece either. Stops the job as soon as the client is gone.
 -- Returns true, or nil, err.
+local sent_ms, sent_bytes = 0, 0   -- this worker's scrape bytes in the current ms
 local function render_threaded(self, format, names)
     local n, ptrs, lens = fill_names(names)
     if not n then
@@ -1109,23 +1111,36 @@ local function render_threaded(self, format, names)
     -- explicitly below otherwise.
     local job = ffi.gc(job_out[0], lib.shmetrics_render_stop)
     local sent, bytes = true, 0
+    local limit = self.chunk_bytes
     while true do
-        rc = lib.shmetrics_render_poll(job, chunk_out, len_out)
-        if rc == 1 then
-            -- Copied before any yield: the piece is valid until the next poll.
-            local ok, err = ngx.print(ffi_string(chunk_out[0], len_out[0]))
-            if ok then
-                ok, err = ngx.flush(true)
-            end
-            if not ok then
-                -- The client is gone: nothing more to render or send.
-                log(ngx.INFO, "shmetrics: scrape stopped after ", bytes, " bytes: ", err)
-                sent = false
+        -- The worker's scrapes together send at most `limit` bytes in one
+        -- millisecond of the event loop's clock (ngx.now() is cached per
+        -- iteration): many scrapes waking at once take turns instead of each
+        -- copying a piece in the same iteration.
+        local now = ngx.now()
+        if now ~= sent_ms then
+            sent_ms, sent_bytes = now, 0
+        end
+        if sent_bytes < limit then
+            rc = lib.shmetrics_render_poll(job, chunk_out, len_out)
+            if rc == 1 then
+                local len = tonumber(len_out[0])
+                sent_bytes = sent_bytes + len
+                -- Copied before any yield: the piece is valid until the next poll.
+                local ok, err = ngx.print(ffi_string(chunk_out[0], len))
+                if ok then
+                    ok, err = ngx.flush(true)
+                end
+                if not ok then
+                    -- The client is gone: nothing more to render or send.
+                    log(ngx.INFO, "shmetrics: scrape stopped after ", bytes, " bytes: ", err)
+                    sent = false
+                    break
+                end
+                bytes = bytes + len
+            elseif rc ~= RENDER_PENDING then
                 break
             end
-            bytes = bytes + tonumber(len_out[0])
-        elseif rc ~= RENDER_PENDING then
-            break
         end
         pause()
     end
