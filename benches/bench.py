@@ -834,8 +834,7 @@ def latency_rounds(n, murl):
 # 3b. A scrape's hold on the worker: in the event loop (main's way) or on the thread
 
 STALL_MODES = [("loop", "false", 262144, "`render_thread = false`: rendered in the event loop, 1 ms sleep between pieces (**before**)"),
-               ("thread", "true", 262144, "`render_thread = true` (default): rendered on the library's thread (**after**)"),
-               ("thread64", "true", 65536, "`render_thread = true`, `chunk_bytes = 65536`")]
+               ("thread", "true", 262144, "`render_thread = true` (default): rendered on the library's thread (**after**)")]
 
 
 def window(n, murl, scrapers, traffic=True):
