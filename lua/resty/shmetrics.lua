@@ -1112,6 +1112,9 @@ local function render_threaded(self, format, names)
     local job = ffi.gc(job_out[0], lib.shmetrics_render_stop)
     local sent, bytes = true, 0
     local limit = self.chunk_bytes
+    if limit < 1 then
+        limit = 1   -- chunk_bytes = 0: one piece (the smallest) at a time
+    end
     while true do
         -- The worker's scrapes together send at most `limit` bytes in one
         -- millisecond of the event loop's clock (ngx.now() is cached per
