@@ -978,10 +978,14 @@ pub unsafe fn forget(r: &'static Region) {
     let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
     regions.retain(|x| !std::ptr::eq(*x, r));
     drop(regions);
-    // SAFETY: caller contract: the mapping `open` made for `r` and the box it
-    // leaked are used by nobody else now, and no longer listed.
+    // SAFETY: caller contract: the mapping `open` made for `r`, the descriptor
+    // it kept (-1 for a heap region) and the box it leaked are used by nobody
+    // else now, and no longer listed.
     unsafe {
         libc::munmap(r.base.cast(), r.len);
+        if r.fd >= 0 {
+            libc::close(r.fd);
+        }
         drop(Box::from_raw(r as *const Region as *mut Region));
     }
 }
