@@ -165,10 +165,11 @@ fn map_file(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened)
 /// The master recorded in the header of the region file at `path` (layout 1.1,
 /// [`Header::master`]), 0 when there is none, no file or no region header.
 fn recorded_master(c: &CString) -> u64 {
-    // SAFETY: `c` is a valid NUL-terminated path. O_NOFOLLOW as everywhere here;
-    // O_NONBLOCK so that a FIFO at the path does not wait for a writer (pread then
-    // fails on it, and map_file refuses it with its own message).
+    // O_NOFOLLOW as everywhere here; O_NONBLOCK so that a FIFO at the path does
+    // not wait for a writer (pread then fails on it, and map_file refuses it with
+    // its own message).
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: `c` is a valid NUL-terminated path.
     let fd = unsafe { libc::open(c.as_ptr(), flags) };
     if fd < 0 {
         return 0;
@@ -978,10 +979,14 @@ pub unsafe fn forget(r: &'static Region) {
     let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
     regions.retain(|x| !std::ptr::eq(*x, r));
     drop(regions);
-    // SAFETY: caller contract: the mapping `open` made for `r` and the box it
-    // leaked are used by nobody else now, and no longer listed.
+    // SAFETY: caller contract: the mapping `open` made for `r`, the descriptor
+    // it kept (-1 for a heap region) and the box it leaked are used by nobody
+    // else now, and no longer listed.
     unsafe {
         libc::munmap(r.base.cast(), r.len);
+        if r.fd >= 0 {
+            libc::close(r.fd);
+        }
         drop(Box::from_raw(r as *const Region as *mut Region));
     }
 }

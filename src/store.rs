@@ -120,10 +120,14 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, f.nth(18)?.parse().ok()?))
 }
 
+/// The owner word of process `pid`: its start time (low 32 bits) above its pid.
+fn owner_word(pid: i32) -> u64 {
+    let st = proc_stat(pid).map_or(0, |(_, st)| st);
+    ((st & 0xffff_ffff) << 32) | pid as u32 as u64
+}
+
 fn my_owner_word() -> u64 {
-    let pid = std::process::id();
-    let st = proc_stat(pid as i32).map_or(0, |(_, st)| st);
-    ((st & 0xffff_ffff) << 32) | pid as u64
+    owner_word(std::process::id() as i32)
 }
 
 /// Refuses a region whose recorded master (`word`, an owner word as in
@@ -135,11 +139,20 @@ fn my_owner_word() -> u64 {
 pub(crate) fn check_master(word: u64, path: &std::path::Path) -> Result<(), Error> {
     let pid = (word & 0xffff_ffff) as u32;
     if word == 0 || pid == std::process::id() || !owner_alive(word) {
+        // The recorded master may have exited while its nginx still runs: a
+        // daemon's `init_by_lua` runs before nginx forks the daemon, so the
+        // recorded pid is that of the process that started it. A binary upgrade's
+        // new master is still one: nginx hands it the listening sockets in the
+        // environment variable NGINX.
+        if std::env::var_os("NGINX").is_some() {
+            // Relaxed: read later by this same thread's caller (see joined_parent).
+            JOINED_PARENT.store(true, Ordering::Relaxed);
+        }
         return Ok(());
     }
     // SAFETY: getppid has no preconditions.
     if pid as i32 == unsafe { libc::getppid() } {
-        // Relaxed: read later by this same thread's caller (see joined_parent).
+        // Relaxed: as above.
         JOINED_PARENT.store(true, Ordering::Relaxed);
         return Ok(());
     }
@@ -151,8 +164,9 @@ pub(crate) fn check_master(word: u64, path: &std::path::Path) -> Result<(), Erro
     )))
 }
 
-/// Set when this process mapped a region whose master is its live parent (a
-/// binary upgrade's new master).
+/// Set when this process is a binary upgrade's new master: the region's
+/// recorded master is its live parent, or nginx handed it the listening
+/// sockets (the environment variable NGINX).
 static JOINED_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether this process joined a region of its parent (a binary upgrade): its
@@ -193,6 +207,30 @@ impl Region {
         // this process made its mapping; no other data is published with it.
         self.header().master.store(my_owner_word(), Ordering::Relaxed);
     }
+
+    /// Records this process's parent as the master when the recorded one has
+    /// exited and the parent is an nginx master: a daemon's `init_by_lua` runs
+    /// in the process that started nginx, which exits once it has forked the
+    /// daemon, so only a worker knows the master that stays. Called at a slot
+    /// claim (cold path).
+    fn adopt_parent_as_master(&self) {
+        // Relaxed: as in record_master.
+        let recorded = self.header().master.load(Ordering::Relaxed);
+        if recorded != 0 && owner_alive(recorded) {
+            return;
+        }
+        // SAFETY: getppid has no preconditions.
+        let ppid = unsafe { libc::getppid() };
+        // nginx titles its master "nginx: master process <command line>".
+        let title = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+        if ppid <= 1 || !title.starts_with(b"nginx: master process") {
+            return;
+        }
+        let word = owner_word(ppid);
+        // Relaxed: as in record_master. Only a dead record is replaced: of two
+        // workers racing here, both store the same parent.
+        let _ = self.header().master.compare_exchange(recorded, word, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
 impl Region {
@@ -225,6 +263,7 @@ impl Region {
             if ok {
                 self.slot(i).claims.fetch_add(1, Ordering::Relaxed);
                 self.my_slot.store((pid << 32) | i as u64, Ordering::Relaxed);
+                self.adopt_parent_as_master();
             }
             Ok(ok)
         };

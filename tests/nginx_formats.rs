@@ -293,7 +293,7 @@ fn accept_header_picks_the_format() {
     for accept in ["text/plain", "*/*", "text/plain;version=0.0.4", "application/json", "text/plain;q=0.9,application/openmetrics-text;q=0.5", "application/openmetrics-text;version=2.0.0", ""] {
         let r = fetch(port, "/metrics", &[("Accept", accept)]);
         assert_eq!(r.header("content-type"), Some(CT_TEXT), "Accept: {accept}");
-        assert_eq!(stable(&r.text()), stable(&text_body.text()), "Accept: {accept}: a different body");
+        assert_eq!(stable(r.text()), stable(text_body.text()), "Accept: {accept}: a different body");
     }
     assert_text(fetch(port, "/metrics", &[("Accept", "text/plain")]).text());
 

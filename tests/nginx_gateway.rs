@@ -766,7 +766,7 @@ fn bench_conf_runs() {
     let mut answers = Vec::new();
     for prefix in ["plain", "lua", "gw"] {
         let path = format!("/{prefix}{CHAT}");
-        let json = send(nginx.port, "POST", &path, &[ns.clone()], body);
+        let json = send(nginx.port, "POST", &path, std::slice::from_ref(&ns), body);
         let sse = send(nginx.port, "POST", &path, &[ns.clone(), stream.clone()], body);
         assert_eq!((json.status, sse.status), (200, 200), "{path}");
         assert_eq!(sse.header("content-type"), Some("text/event-stream"));

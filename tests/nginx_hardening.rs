@@ -490,6 +490,12 @@ fn binary_upgrade_keeps_every_count() {
     // Declared after `nginx`: dropped (stopped) before the harness removes the prefix.
     let old_master = Master(old);
     started(&nginx, 4.0);
+    // The daemon's init_by_lua ran in the process that started it, which has
+    // exited: its workers recorded the daemon as the master at their slot
+    // claims, so another nginx is refused the file.
+    let refused = Nginx::start_failing("hardening", &vars(&region, "1", "", false));
+    let in_use = format!("\"{}\" is in use by another running nginx (master pid {old})", region.path());
+    assert!(refused.contains(&in_use), "want {in_use:?} in:\n{refused}");
 
     let scrapes = ScrapeLoop::start(nginx.metrics_port, "/metrics");
     let load = Load::spawn(nginx.port, |_| "/count?f=hits&v=up".to_string(), REQUESTS, 8);
@@ -503,6 +509,9 @@ fn binary_upgrade_keeps_every_count() {
         new != old && new != 0 && read_pid(&oldbin) == Some(old) && children_of(new).len() == 2
     }, || format!("no new master after USR2; error.log:\n{}", nginx.error_log()));
     let new_master = Master(new);
+    // The new workers have claimed their slots (each records a start in
+    // init_worker) while the old ones still hold theirs: they take free slots.
+    started(&nginx, 6.0);
     load.wait_for(REQUESTS / 2, WAIT);
     // WINCH: the old workers finish what they serve and exit; QUIT: the old master exits.
     signal(old, libc::SIGWINCH).unwrap();
@@ -536,6 +545,11 @@ fn binary_upgrade_keeps_every_count() {
     assert_errors(&exp, &[]);
     // Counters never went down across the upgrade (checked on every pair of scrapes);
     // a scrape on an old worker's idle connection may fail as it exits.
+    // The new master defined its metrics half a second after it mapped the
+    // region (hardening.conf), and no family vanished from a scrape meanwhile.
+    let (by_new, log) = (format!("[warn] {new}#{new}: "), nginx.error_log());
+    let late = log.lines().filter(|l| l.contains(&by_new) && l.contains("hardening: a new binary, defining late"));
+    assert_eq!(late.count(), 1, "the new master's late definitions in error.log:\n{log}");
     s.assert_clean_allowing_errors(old_workers.len());
     nginx.assert_no_errors(&[]);
     drop(new_master);

@@ -672,26 +672,6 @@ fn text_scrape_in_two_parts() {
 // latency quantiles are checked against Prometheus's formulas applied to the raw
 // bucket samples it stored; every count, token and cost is known exactly.
 
-/// One request on its own connection (`Connection: close`); the status.
-fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    if !body.is_empty() {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let head = String::from_utf8_lossy(&raw);
-    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{method} {path}: {head}"))
-}
 
 struct GwRequest {
     ns: &'static str,
@@ -803,8 +783,12 @@ fn gateway_module_through_prometheus() {
     let out_tokens = per(&|_| true, &|r| r.tokens.map_or(0.0, |t| t.1));
     let send = |phases: f64| {
         for r in &batch {
-            let headers: Vec<(&str, &str)> = r.headers.clone();
-            assert_eq!(request(nginx.port, r.method, r.path, &headers, &r.body), r.status, "{} {} {headers:?}", r.method, r.path);
+            let mut headers: Vec<(&str, &str)> = r.headers.clone();
+            if !r.body.is_empty() {
+                headers.push(("Content-Type", "application/json"));
+            }
+            let status = request_once(nginx.port, r.method, r.path, &headers, &r.body).status;
+            assert_eq!(status, r.status, "{} {} {headers:?}", r.method, r.path);
         }
         let want = [
             ("gateway_requests_total", phases * n),

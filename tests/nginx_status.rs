@@ -11,8 +11,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -22,7 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::nginx::{free_port, repo_dir};
-use common::{assert_close, scrape_until, Exposition, Nginx};
+use common::{assert_close, request_once, scrape_until, Exposition, Nginx};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -267,39 +266,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-// ---------------------------------------------------------------------------
-// HTTP: HTTP/1.0 requests, so that nginx answers without chunks and closes.
-
-struct Reply {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: no head")) + 4;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Reply { status, head, body: raw[end..].to_vec() }
-}
-
-fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
-    r.head.lines().filter_map(|l| l.split_once(':')).find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
-}
-
 fn data(port: u16, query: &str) -> (Value, usize) {
-    let r = request(port, "GET", &format!("/status?data=1{query}"), &[], "");
+    let r = request_once(port, "GET", &format!("/status?data=1{query}"), &[], "");
     assert_eq!(r.status, 200, "status data {query}: {}", String::from_utf8_lossy(&r.body));
     (serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("status data {query}: {e}")), r.body.len())
 }
@@ -338,7 +306,7 @@ impl Call {
         if let Some(s) = &status {
             h.push(("X-Mock-Status", s));
         }
-        let r = request(port, "POST", self.path, &h, &self.body());
+        let r = request_once(port, "POST", self.path, &h, &self.body());
         assert_eq!(r.status, self.fail.unwrap_or(200), "{} {}: {}", self.path, self.body(), String::from_utf8_lossy(&r.body));
     }
 
@@ -404,7 +372,7 @@ fn check3(what: &str, cell: &Value, want: Option<f64>) {
     let got = shown_number(cell.as_str().unwrap());
     match (got, want) {
         (None, None) => {}
-        (Some(g), Some(w)) if w == 0.0 => assert_eq!(g, 0.0, "{what}"),
+        (Some(g), Some(0.0)) => assert_eq!(g, 0.0, "{what}"),
         (Some(g), Some(w)) => assert_close(what, g, w, 5.1e-3),
         _ => panic!("{what}: the page shows {cell}, want {want:?}"),
     }
@@ -499,7 +467,7 @@ fn gateway_figures_match_the_traffic() {
     b.navigate(&format!("http://127.0.0.1:{}/status?every=3600", nginx.metrics_port));
     b.wait_polls(1);
     let hist = "/metrics.json?name[]=model_request_duration_seconds&name[]=model_time_to_first_token_seconds";
-    let view1: Value = serde_json::from_slice(&request(nginx.metrics_port, "GET", hist, &[], "").body).unwrap();
+    let view1: Value = serde_json::from_slice(&request_once(nginx.metrics_port, "GET", hist, &[], "").body).unwrap();
     let one = b.shown();
     assert_eq!(one["gateway"], true, "the gateway section is shown");
     assert!(one["window"].as_str().unwrap().is_empty(), "no window before a second poll");
@@ -511,7 +479,7 @@ fn gateway_figures_match_the_traffic() {
     let (_, _) = scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| e.sum("namespace_requests_total") >= all.len() as f64);
     b.poll();
     b.wait_polls(2);
-    let view2: Value = serde_json::from_slice(&request(nginx.metrics_port, "GET", hist, &[], "").body).unwrap();
+    let view2: Value = serde_json::from_slice(&request_once(nginx.metrics_port, "GET", hist, &[], "").body).unwrap();
     let two = b.shown();
     let win: f64 = two["window"].as_str().unwrap().parse().expect("the page states its window");
     assert!(win > 0.0 && win < 60.0, "window {win} s");
@@ -606,7 +574,7 @@ fn percent_encode(raw: &[u8]) -> String {
 fn hostile_values_are_text() {
     let nginx = Nginx::start("status", &[("WORKERS", "1")]);
     for v in HOSTILE {
-        let r = request(nginx.port, "GET", &format!("/hit?v={}", percent_encode(v)), &[], "");
+        let r = request_once(nginx.port, "GET", &format!("/hit?v={}", percent_encode(v)), &[], "");
         assert_eq!(String::from_utf8_lossy(&r.body).trim(), "ok");
     }
     let mut b = Browser::start(1200, 900);
@@ -650,13 +618,13 @@ fn a_poll_is_bounded_at_100k_series() {
     const CATALOG: usize = 2000;
     let nginx = Nginx::start("status", &[("WORKERS", "1")]);
     let t = Instant::now();
-    let r = request(nginx.port, "GET", &format!("/fill?n={N}&catalog={CATALOG}"), &[], "");
+    let r = request_once(nginx.port, "GET", &format!("/fill?n={N}&catalog={CATALOG}"), &[], "");
     assert_eq!(String::from_utf8_lossy(&r.body).trim(), "ok");
     let fill = t.elapsed();
     let port = nginx.metrics_port;
     let get = |q: &str| {
         let t = Instant::now();
-        let r = request(port, "GET", &format!("/big/status?data=1{q}"), &[], "");
+        let r = request_once(port, "GET", &format!("/big/status?data=1{q}"), &[], "");
         assert_eq!(r.status, 200, "{q}: {}", String::from_utf8_lossy(&r.body));
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         (v, r.body.len(), t.elapsed())
@@ -689,7 +657,7 @@ fn a_poll_is_bounded_at_100k_series() {
     assert_eq!(found["page"]["families"][0]["series"].as_array().unwrap().len(), want);
 
     let t = Instant::now();
-    let whole = request(port, "GET", "/big/metrics.json", &[], "");
+    let whole = request_once(port, "GET", "/big/metrics.json", &[], "");
     let whole_time = t.elapsed();
     assert_eq!(whole.status, 200);
     // The bound: family headers and counts, the catalog (none here), the
@@ -705,7 +673,7 @@ fn a_poll_is_bounded_at_100k_series() {
         N + 2 * CATALOG,
         whole.body.len()
     );
-    let page = request(port, "GET", "/big/status", &[], "");
+    let page = request_once(port, "GET", "/big/status", &[], "");
     report!("status page: {} bytes", page.body.len());
 
     // 104,001 of 110,000 series used (94.5%): the page warns (in red from 95%).
@@ -731,25 +699,25 @@ fn methods_arguments_and_headers() {
     let nginx = Nginx::start("status", &[("WORKERS", "1")]);
     let port = nginx.metrics_port;
     for m in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
-        let r = request(port, m, "/status", &[], "x");
+        let r = request_once(port, m, "/status", &[], "x");
         assert_eq!(r.status, 405, "{m}");
-        assert_eq!(header(&r, "allow"), Some("GET, HEAD"), "{m}");
-        let r = request(port, m, "/status?data=1", &[], "");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{m}");
+        let r = request_once(port, m, "/status?data=1", &[], "");
         assert_eq!(r.status, 405, "{m} data");
     }
-    let head = request(port, "HEAD", "/status", &[], "");
+    let head = request_once(port, "HEAD", "/status", &[], "");
     assert_eq!((head.status, head.body.len()), (200, 0));
-    let page = request(port, "GET", "/status", &[], "");
+    let page = request_once(port, "GET", "/status", &[], "");
     assert_eq!(page.status, 200);
-    assert_eq!(header(&page, "content-type"), Some("text/html; charset=utf-8"));
-    let csp = header(&page, "content-security-policy").expect("a CSP");
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = page.header("content-security-policy").expect("a CSP");
     assert!(csp.starts_with("default-src 'none'; script-src 'sha256-") && csp.contains("connect-src 'self'"), "{csp}");
     let html = String::from_utf8(page.body).unwrap();
     for external in ["src=", "href=", "http://", "https://", "@import", "url("] {
         assert!(!html.contains(external), "the page refers to something outside it: {external}");
     }
     for bad in ["limit=101", "limit=x", "offset=-1", "offset=1.5", "family=a&family=b", &format!("match={}", "x".repeat(300))] {
-        let r = request(port, "GET", &format!("/status?data=1&{bad}"), &[], "");
+        let r = request_once(port, "GET", &format!("/status?data=1&{bad}"), &[], "");
         assert_eq!(r.status, 400, "{bad}");
     }
     let (v, _) = data(port, "&family=no_such_family");

@@ -219,6 +219,30 @@ pub fn get_with_headers(port: u16, path: &str, headers: &[(&str, &str)]) -> io::
     })
 }
 
+/// One HTTP/1.0 request on its own connection (so that nginx answers without
+/// chunks and closes it), with a `Content-Length` for `body`.
+pub fn request_once(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    let what = format!("{method} {path}");
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap_or_else(|e| panic!("{what}: connect {port}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut req = format!("{what} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("{what}: no head")) + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok());
+    let status = status.unwrap_or_else(|| panic!("{what}: bad status line in {head:?}"));
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect();
+    Response { status, headers, body: raw[end..].to_vec() }
+}
+
 /// Outcome of a load run. Every one of `total_requests` requests was written exactly
 /// once, so `ok + failed + unknown == total_requests`.
 #[derive(Debug, Clone, Default)]

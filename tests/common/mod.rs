@@ -18,7 +18,7 @@ pub mod promtool;
 pub mod scrape;
 
 pub use expo::{check_monotonic, Exposition};
-pub use http::{get, get_with_headers, load, Conn, Load, LoadResult, Response};
+pub use http::{get, get_with_headers, load, request_once, Conn, Load, LoadResult, Response};
 pub use nginx::Nginx;
 pub use promtool::{promtool_check, promtool_check_all, promtool_lint};
 pub use scrape::{ScrapeLoop, Scrapes};
