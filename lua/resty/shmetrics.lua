@@ -1089,14 +1089,28 @@ end
 local THREADED = { content = true, rewrite = true, access = true }
 
 -- Serves the exposition rendered on the library's render thread: polls for
--- each piece, sends it, and sleeps 1 ms between pieces (and while none is
+-- each piece, sends it, and sleeps 1 ms between pieces (longer while none is
 -- ready, or while other scrapes have sent a piece's worth in this
--- millisecond), so the worker only ever holds its event loop to copy and send
--- one piece. The thread keeps at most RENDER_DEPTH pieces ready; ngx.flush(true)
+-- millisecond: wait_turn), so the worker only ever holds its event loop to
+-- copy and send one piece. The thread keeps at most RENDER_DEPTH pieces ready; ngx.flush(true)
 -- waits while the client is slower than that, so nginx never buffers more
 -- than one piece either. Stops the job as soon as the client is gone.
 -- Returns true, or nil, err.
 local sent_ms, sent_bytes = 0, 0   -- this worker's scrape bytes in the current ms
+
+-- Waits for a piece or for this scrape's turn: 1 ms per scrape in progress
+-- in this worker (at most 20 ms), so that 50 waiting scrapes wake about
+-- twice per millisecond in all, not 50 times.
+local function wait_turn()
+    local n = lib.shmetrics_render_jobs()
+    if n > 20 then
+        n = 20
+    elseif n < 1 then
+        n = 1
+    end
+    ngx.sleep(n * 0.001)
+end
+
 local function render_threaded(self, format, names)
     local n, ptrs, lens = fill_names(names)
     if not n then
@@ -1124,6 +1138,7 @@ local function render_threaded(self, format, names)
         if now ~= sent_ms then
             sent_ms, sent_bytes = now, 0
         end
+        rc = RENDER_PENDING
         if sent_bytes < limit then
             rc = lib.shmetrics_render_poll(job, chunk_out, len_out)
             if rc == 1 then
@@ -1145,7 +1160,11 @@ local function render_threaded(self, format, names)
                 break
             end
         end
-        pause()
+        if rc == 1 then
+            pause()
+        else
+            wait_turn()
+        end
     end
     ffi.gc(job, nil)
     lib.shmetrics_render_stop(job)
