@@ -74,6 +74,7 @@ fn lua_constants_agree_with_header() {
         ("E_LABEL_TOO_LONG", "SHMETRICS_E_LABEL_TOO_LONG"),
         ("E_FULL", "SHMETRICS_E_FULL"),
         ("E_NO_SLOT", "SHMETRICS_E_NO_SLOT"),
+        ("E_INTERNAL", "SHMETRICS_E_INTERNAL"),
         ("OPEN_RECREATED", "SHMETRICS_OPEN_RECREATED"),
         ("FORMAT_TEXT", "SHMETRICS_FORMAT_TEXT"),
         ("FLAG_RESET", "SHMETRICS_FLAG_RESET"),

@@ -90,6 +90,7 @@ local E_LABEL_COUNT = -3
 local E_LABEL_TOO_LONG = -4
 local E_FULL = -5
 local E_NO_SLOT = -6
+local E_INTERNAL = -8
 
 local OPEN_RECREATED = 2
 local FORMAT_TEXT = 0
@@ -1119,7 +1120,7 @@ local function render_threaded(self, format, names)
     local rc = lib.shmetrics_render_start(self.h, format, ptrs, lens, n, self.chunk_bytes,
                                           RENDER_DEPTH, job_out)
     if rc < 0 then
-        return nil, last_error(rc)
+        return nil, last_error(rc), rc == E_INTERNAL
     end
     -- Stopped by the GC if the request is torn down while it sleeps;
     -- explicitly below otherwise.
@@ -1184,9 +1185,15 @@ local function serve(self, format)
     ngx.header.content_type = CONTENT_TYPE[format]
     local p = ngx.get_phase()
     local ok, err
+    local unstarted
     if self.render_thread and THREADED[p] then
-        ok, err = render_threaded(self, format, names)
-    else
+        ok, err, unstarted = render_threaded(self, format, names)
+        if unstarted then
+            -- The thread could not start: serve anyway.
+            log(ngx.WARN, "shmetrics: rendering in the event loop: ", err)
+        end
+    end
+    if unstarted or not (self.render_thread and THREADED[p]) then
         ok, err = render(self, format, names, ngx.print, YIELDABLE[p] and pause or nil)
     end
     if not ok then
