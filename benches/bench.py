@@ -1174,6 +1174,58 @@ def targets_summary(res):
     return L
 
 
+# What the stall figures say and what they do not (from the runs so far and a
+# perf profile); written into the report under the tables.
+STALL_NOTES = (
+    "Reading the figures. Rendering on the thread takes the renderer off the event loop: with 50"
+    " concurrent scrapes, the most CPU the loop spent between two ticks fell from 15 ms to about 2 ms and"
+    " `/ping`'s p99 from over 100 ms to its idle value; one scrape's work left on the loop is copying and"
+    " sending pieces, 0.17 ms per 256 KiB piece on average (`perf record -t <worker>` while scraping"
+    " 100,000 series back to back: 0.44 s of the loop thread's CPU for 85 scrapes, 2,550 pieces; the"
+    " kernel's send about half of it, libc's copies a quarter). The longest single stall is not that"
+    " average: in every window of scrapes back to back, with either way of rendering, some turn of the"
+    " loop still takes 1–2 ms of CPU (the **not met** above), against 0.15–0.35 ms in windows with no"
+    " scrape. Smaller pieces (`chunk_bytes = 65536`, tried in earlier runs) did not shorten it, so it is"
+    " not the copy of a piece; what it is (a request's start or end, the LuaJIT GC, the release of a"
+    " large buffer) is still to be found, with a profile taken only around the long turns. With `/ping`"
+    " under wrk, the worker's CPU is saturated and the timer gaps (~9 ms) measure the loop's queue, not"
+    " a stall; p99 there moves with the machine's load more than with the scrape (the p99 row per round"
+    " below shows it)."
+)
+
+
+def stall_report(r, env):
+    """The lines of section 3b from bench_stall's results."""
+    L = []
+    L += ["## 3b. Scrapes off the event loop", "",
+          "One nginx worker (pinned to its CPU, as above) serves `/ping` (`return 200`) and `/metrics`"
+          " (`prometheus:collect()`). Two such nginx run side by side with the same series, one per way of"
+          " rendering: in the event loop, in pieces of `chunk_bytes` (256 KiB) with a 1 ms sleep between"
+          " them (what main did before), and on the library's render thread (`shmetrics_render_start`/"
+          "`_poll`), the handler sleeping 1 ms between pieces and while none is ready. Per round and way:"
+          f" {r['seconds']} s with no traffic and no scrape, {r['seconds']} s of scrapes alone (one curl back"
+          " to back), then"
+          f" wrk (`-t1 -c8 --latency`, {r['seconds']} s) on `/ping` idle, then while one client (curl) scrapes"
+          f" `/metrics` back to back, then (at {min(STALL_SIZES):,} series) while {STALL_CONCURRENT} clients do;"
+          " meanwhile a chain of 1 ms timers inside the worker records the longest gap between two ticks"
+          " (a tick is late by as long as the worker's event loop was held: the longest stall, plus the"
+          f" timer's own period of ~1 ms and whatever the machine adds). {r['rounds']} rounds, the two ways"
+          " alternating; medians of the rounds. Targets from the issue: p99 while scraping ≤ 1.5 × idle p99"
+          " + 0.5 ms at 100k series, ≤ 2 × idle p99 + 1 ms at 1M; with 50 concurrent scrapes ≤ 10 ms."
+          f" Machine load (1, 5, 15 min) at the start of this section {', '.join(r['load_start'])},"
+          f" at its end {', '.join(r.get('load_end', ['?']))} (2 CPUs: other processes ran beside it).", "",
+          stall_section(r), "",
+          STALL_NOTES, "",
+          "Commands:", "",
+          "```sh",
+          f"{env}scripts/bench.sh stall",
+          "# two nginx -c nginx-test-conf/bench_scrape.conf (rendered; RENDER_THREAD=false and true), then per size and round:",
+          "curl /monitor?op=arm; " + f"wrk -t1 -c8 -d{r['seconds']}s --latency http://127.0.0.1:$PORT/ping; curl /monitor?op=read",
+          f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done &   # 1 or {STALL_CONCURRENT} of them, during the same",
+          "```", ""]
+    return L
+
+
 def write_report(info, res, sections, elapsed):
     q = " (BENCH_QUICK=1: a smoke run; the figures are indicative only)" if QUICK else ""
     env = "BENCH_QUICK=1 " if QUICK else ""
@@ -1326,30 +1378,7 @@ def write_report(info, res, sections, elapsed):
               f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done & wrk -t1 -c8 -d{LAT_SECONDS}s --latency http://127.0.0.1:$PORT/ping",
               "```", ""]
     if "stall" in res:
-        r = res["stall"]
-        L += ["## 3b. Scrapes off the event loop", "",
-              "One nginx worker (pinned to its CPU, as above) serves `/ping` (`return 200`) and `/metrics`"
-              " (`prometheus:collect()`). Two such nginx run side by side with the same series, one per way of"
-              " rendering: in the event loop, in pieces of `chunk_bytes` (256 KiB) with a 1 ms sleep between"
-              " them (what main did before), and on the library's render thread (`shmetrics_render_start`/"
-              "`_poll`), the handler sleeping 1 ms between pieces and while none is ready. Per round and way:"
-              f" wrk (`-t1 -c8 --latency`, {r['seconds']} s) on `/ping` idle, then while one client (curl) scrapes"
-              f" `/metrics` back to back, then (at {min(STALL_SIZES):,} series) while {STALL_CONCURRENT} clients do;"
-              " meanwhile a chain of 1 ms timers inside the worker records the longest gap between two ticks"
-              " (a tick is late by as long as the worker's event loop was held: the longest stall, plus the"
-              f" timer's own period of ~1 ms and whatever the machine adds). {r['rounds']} rounds, the two ways"
-              " alternating; medians of the rounds. Targets from the issue: p99 while scraping ≤ 1.5 × idle p99"
-              " + 0.5 ms at 100k series, ≤ 2 × idle p99 + 1 ms at 1M; with 50 concurrent scrapes ≤ 10 ms."
-              f" Machine load (1, 5, 15 min) at the start of this section {', '.join(r['load_start'])},"
-              f" at its end {', '.join(r.get('load_end', ['?']))} (2 CPUs: other processes ran beside it).", "",
-              stall_section(r), "",
-              "Commands:", "",
-              "```sh",
-              f"{env}scripts/bench.sh stall",
-              "# two nginx -c nginx-test-conf/bench_scrape.conf (rendered; RENDER_THREAD=false and true), then per size and round:",
-              "curl /monitor?op=arm; " + f"wrk -t1 -c8 -d{r['seconds']}s --latency http://127.0.0.1:$PORT/ping; curl /monitor?op=read",
-              f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done &   # 1 or {STALL_CONCURRENT} of them, during the same",
-              "```", ""]
+        L += stall_report(res["stall"], env)
     if "memory" in res or "scrape" in res:
         L += ["## 4. Shared memory per series", ""]
         if "memory" in res:
