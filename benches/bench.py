@@ -47,7 +47,7 @@ NGINX = "/usr/sbin/nginx"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 OUT = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "BENCHMARKS.md")
 
-SECTIONS = ["ops", "callgrind", "request", "gateway", "scrape", "memory"]
+SECTIONS = ["ops", "callgrind", "request", "handler", "gateway", "scrape", "memory"]
 
 # Run counts and durations (full / quick).
 ROUNDS = 5 if QUICK else 9                 # per-op rounds in nginx
@@ -247,7 +247,7 @@ class Nginx:
         self.error_log = os.path.join(self.prefix, "logs", "error.log")
         base = [NGINX, "-p", self.prefix, "-e", self.error_log, "-c", self.conf]
         run(base + ["-t"])
-        self.cmdline = base + ["-g", "daemon off;"]
+        self.cmdline = self.command(base)
         stderr = open(os.path.join(self.prefix, "logs", "stderr.log"), "w")
 
         def pre():
@@ -258,16 +258,29 @@ class Nginx:
                                      stderr=stderr, preexec_fn=pre)
         self.workers_seen = set()
         _nginxes.append(self)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.START_SECONDS
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited at start:\n{self.read_log()}")
-            if self.listening() and len(self.workers()) == 1:
+            if self.ready():
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx not ready after 30 s:\n{self.read_log()}")
+                raise RuntimeError(f"nginx not ready after {self.START_SECONDS} s:\n{self.read_log()}")
             time.sleep(0.01)
-        self.worker = self.workers()[0]
+        self.worker = self.serving_pid()
+
+    START_SECONDS = 30
+
+    def command(self, base):
+        """The command line that runs nginx (a subclass may wrap it)."""
+        return base + ["-g", "daemon off;"]
+
+    def ready(self):
+        return self.listening() and len(self.workers()) == 1
+
+    def serving_pid(self):
+        """The process that serves requests: the one worker."""
+        return self.workers()[0]
 
     def _rm_shm(self):
         d, base = os.path.split(self.shm_path)
@@ -641,6 +654,226 @@ def request_table(res):
         L.append(f"| {row['label']} | {fmt(row['ns'], 0)} | {fmt(row['lo'], 0)}–{fmt(row['hi'], 0)} | "
                  f"{fmt(row['ticks_ns'], 0)} | {add} | {add_e} | {fmt(row['rps'], 0)} |")
     return "\n".join(L)
+
+
+# --------------------------------------------------------------------------
+# 2c. Instructions per request, by handler shape (callgrind on nginx)
+
+HANDLER_RUNS = 5                           # nginx processes (the JIT's choices differ between them)
+HANDLER_N = 600 if QUICK else 1500         # counted requests per variant and run
+HANDLER_WARM = 200 if QUICK else 400       # requests per variant before counting
+
+# The label values the gateway's handler reads (as benches/gateway.lua's vars()).
+_READ = ("local var = ngx.var\n"
+         "local method, path, ns, model, dur = var.request_method, \"/v1/chat/completions\",\n"
+         "    var.arg_ns, var.arg_model, tonumber(var.request_time)\n")
+# The gateway's 6-update set as handler code writes it (benches/gateway.lua).
+_SET = ("do\n"
+        "local lv = { method, path, ns }\n"
+        "m.requests:inc(1, lv)\n"
+        "m.duration:observe(dur, lv)\n"
+        "m.model_requests:inc(1, { model, ns, \"success\" })\n"
+        "local lm = { model, ns }\n"
+        "m.tokens_in:inc(120, lm)\n"
+        "m.tokens_out:inc(480, lm)\n"
+        "m.cost:inc(0.0042, lm)\n"
+        "end\n")
+_M = "local m = metrics\n"
+
+
+def _x10(code):
+    return code * 10
+
+
+# (name, code of log_by_lua_block or None, label, group). The x10 variants write
+# the code out ten times (ten call sites, as a handler would), to lift one copy
+# above the variation of the handler around it.
+HANDLER_VARIANTS = [
+    ("none", None, "no Lua (**baseline**)", "shape"),
+    ("read", _READ, "`log_by_lua_block` reading the label values (`ngx.var` ×4, one `tonumber`)", "shape"),
+    ("set", _READ + _M + _SET, "… + the gateway set (6 updates)", "shape"),
+    ("set_x10", _READ + _M + _x10(_SET), "… + the set written out 10 times", "shape"),
+    ("shdict", _READ + "ops.gateway_set_shdict(ngx.shared.metrics, method, path, ns, model, dur)\n",
+     "… + the set as a shared-dict library does it (key strings, 8 `DICT:incr`)", "shape"),
+    ("set_fn", "gateway.shmetrics()\n",
+     "read + set in a module function (`gateway.shmetrics()`: LuaJIT traces the function whole)", "shape"),
+    ("kids_x10", _READ + _x10("kids.requests:inc(1)\nkids.duration:observe(dur)\nkids.model_requests:inc(1)\n"
+                              "kids.tokens_in:inc(120)\nkids.tokens_out:inc(480)\nkids.cost:inc(0.0042)\n"),
+     "read + the set through `metric:labels()` children bound at start-up, ×10", "shape"),
+    ("stub_x10", _READ + "local m = stub\n" + _x10(_SET),
+     "read + the set's 6 calls and 3 label tables on methods that do nothing, ×10 (the floor)", "shape"),
+    ("inc_x10", _READ + _M + "local lv = { method, path, ns }\n" + _x10("m.requests:inc(1, lv)\n"),
+     "read + `counter:inc(1, lv)` (3 labels) ×10", "op"),
+    ("observe_x10", _READ + _M + "local lv = { method, path, ns }\n" + _x10("m.duration:observe(dur, lv)\n"),
+     "read + `histogram:observe(dur, lv)` (3 labels) ×10", "op"),
+    ("lua_empty", "", "an empty `log_by_lua_block`", "parts"),
+    ("var_method_x10", "local var = ngx.var\n" + _x10("local _ = var.request_method\n"),
+     "`ngx.var.request_method` ×10", "parts"),
+    ("var_arg_x10", "local var = ngx.var\n" + _x10("local _ = var.arg_ns\n"), "`ngx.var.arg_ns` ×10", "parts"),
+    ("request_time_x10", "local var = ngx.var\n" + _x10("local _ = tonumber(var.request_time)\n"),
+     "`tonumber(ngx.var.request_time)` ×10", "parts"),
+    ("get_method_x10", _x10("local _ = ngx.req.get_method()\n"), "`ngx.req.get_method()` ×10", "parts"),
+    ("start_time_x10", _x10("local _ = ngx.now() - ngx.req.start_time()\n"),
+     "`ngx.now() - ngx.req.start_time()` ×10", "parts"),
+    ("tables_x10", "local a, b, c = \"GET\", \"/v1/chat/completions\", \"wechat\"\n"
+     + _x10("local _ = { a, b, c }\n"), "a 3-value table constructor `{ a, b, c }` ×10", "parts"),
+]
+
+
+class CallgrindNginx(Nginx):
+    """nginx as one process (master_process off) under valgrind's callgrind, with
+    the counters zeroed and dumped from outside (callgrind_control) around each
+    counted run."""
+
+    START_SECONDS = 180
+
+    def command(self, base):
+        self.cg_out = os.path.join(self.prefix, "callgrind.out")
+        self.dumps = 0
+        # --smc-check: LuaJIT writes machine code into anonymous memory.
+        return ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+                f"--callgrind-out-file={self.cg_out}"] + base + ["-g", "daemon off; master_process off;"]
+
+    def ready(self):
+        return self.listening()
+
+    def serving_pid(self):
+        return self.proc.pid
+
+    def zero(self):
+        run(["callgrind_control", "-z", str(self.proc.pid)], timeout=120)
+
+    def dump(self):
+        """Dumps the counters since the last zero; returns the dump's path."""
+        run(["callgrind_control", "-d", str(self.proc.pid)], timeout=120)
+        self.dumps += 1
+        return f"{self.cg_out}.{self.dumps}"
+
+
+def requests_on(port, path, n):
+    """n GET requests on one keep-alive connection, each checked for 200."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for _ in range(n):
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"GET {path}: {r.status}")
+    finally:
+        c.close()
+
+
+def callgrind_costs(path):
+    """(total Ir, {object basename: self Ir}) of a callgrind dump."""
+    names, ob, skip = {}, "?", False
+    per, total = {}, None
+    for line in open(path):
+        if line.startswith("totals:") or line.startswith("summary:"):
+            total = int(line.split()[1])
+            continue
+        m = re.match(r"^c?ob=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if m:
+            if m.group(2) is not None:
+                names[m.group(1)] = os.path.basename(m.group(2))
+            if line.startswith("ob="):
+                ob = names.get(m.group(1), "?")
+            continue
+        if line.startswith("calls="):
+            skip = True     # the next cost line is the call's inclusive cost
+            continue
+        if line[:1].isdigit() or line[:1] in "+-*":
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2:
+                per[ob] = per.get(ob, 0) + int(parts[1])
+    return total, per
+
+
+# Where the instructions run, by object (self cost).
+HANDLER_OBJECTS = [("nginx", "nginx"), ("ngx_http_lua_module.so", "ngx_lua module"),
+                   ("libluajit-5.1.so.2.1.0", "LuaJIT interpreter and runtime"),
+                   ("???", "JIT-compiled traces"), ("libshmetrics.so", "libshmetrics"),
+                   ("libc.so.6", "libc")]
+
+
+def handler_run(rep):
+    locs = []
+    for name, code, _, _ in HANDLER_VARIANTS:
+        if code is None:
+            continue
+        body = "\n".join("                " + l for l in code.splitlines())
+        locs.append(f"        location = /{name} {{\n            return 200 \"ok\\n\";\n"
+                    f"            log_by_lua_block {{\n{body}\n            }}\n        }}")
+    n = CallgrindNginx("bench_handler", LOCATIONS="\n".join(locs))
+    try:
+        names = [v[0] for v in HANDLER_VARIANTS]
+        query = "?ns=wechat&model=gpt-4"
+        for name in names:                      # warm-up: traces compiled, series created
+            requests_on(n.port, f"/{name}{query}", HANDLER_WARM)
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        out = {}
+        for name in order:
+            kib0 = float(n.get("/gc?collect=1", port=n.metrics_port))
+            n.zero()
+            requests_on(n.port, f"/{name}{query}", HANDLER_N)
+            dump = n.dump()
+            kib1 = float(n.get("/gc", port=n.metrics_port))
+            total, per = callgrind_costs(dump)
+            os.remove(dump)
+            out[name] = dict(ir=total / HANDLER_N, alloc=(kib1 - kib0) * 1024 / HANDLER_N,
+                             gc_ran=kib1 < kib0 or (kib1 - kib0) > kib0 * 0.9,
+                             per={k: v / HANDLER_N for k, v in per.items()})
+        body = n.get("/metrics", port=n.metrics_port)
+        m = re.search(r'^gateway_requests_total\{method="GET",path="/v1/chat/completions",namespace="wechat"\} (\d+)',
+                      body, re.M)
+        out["_counted"] = int(m.group(1)) if m else 0
+        bad, _ = n.log_problems()
+        if bad:
+            raise RuntimeError("errors in nginx error.log:\n" + "\n".join(bad[:10]))
+        return out
+    finally:
+        n.stop()
+
+
+def bench_handler():
+    if not shutil.which("callgrind_control"):
+        sys.exit("callgrind_control not found (valgrind installs it)")
+    with ThreadPoolExecutor(max_workers=max(1, len(ALL_CPUS))) as ex:
+        runs = list(ex.map(handler_run, range(HANDLER_RUNS)))
+    # Requests that recorded gateway_requests_total{GET,...,wechat} once per request
+    # (warm-up included): set, set_fn, shdict does not (its own dict), x10 ten times;
+    # inc_x10 ten times; kids_x10 ten times.
+    per_req = {"set": 1, "set_fn": 1, "set_x10": 10, "kids_x10": 10, "inc_x10": 10}
+    expect = sum(per_req.values()) * (HANDLER_WARM + HANDLER_N)
+    res = {"n": HANDLER_N, "warm": HANDLER_WARM, "runs": len(runs), "rows": [],
+           "counted": [r["_counted"] for r in runs], "expect_counted": expect}
+    for name, code, label, group in HANDLER_VARIANTS:
+        xs = [r[name]["ir"] for r in runs]
+        row = dict(v=name, label=label, group=group, ir=median(xs), lo=min(xs), hi=max(xs),
+                   alloc=median([r[name]["alloc"] for r in runs]),
+                   gc_ran=sum(r[name]["gc_ran"] for r in runs),
+                   per={o: median([r[name]["per"].get(o, 0) for r in runs]) for o, _ in HANDLER_OBJECTS})
+        row["over_none"] = median([r[name]["ir"] - r["none"]["ir"] for r in runs])
+        row["over_read"] = median([r[name]["ir"] - r["read"]["ir"] for r in runs])
+        row["over_lua"] = median([r[name]["ir"] - r["lua_empty"]["ir"] for r in runs])
+        res["rows"].append(row)
+    rows = {r["v"]: r for r in res["rows"]}
+
+    def per_copy(name, base, k=10):
+        return [(r[name]["ir"] - r[base]["ir"]) / k for r in runs]
+
+    res["one_set"] = per_copy("set", "read", 1)
+    res["set_per_copy"] = per_copy("set_x10", "read")
+    res["kid_set_per_copy"] = per_copy("kids_x10", "read")
+    res["stub_per_copy"] = per_copy("stub_x10", "read")
+    res["inc"] = per_copy("inc_x10", "read")
+    res["observe"] = per_copy("observe_x10", "read")
+    res["observe_over_inc"] = median([o / i for o, i in zip(res["observe"], res["inc"])])
+    res["none_ir"] = rows["none"]["ir"]
+    return res
 
 
 # --------------------------------------------------------------------------
