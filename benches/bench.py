@@ -3,12 +3,13 @@
 
 Called by scripts/bench.sh (`make bench`), after `cargo build --release`.
 
-    python3 benches/bench.py [section ...]    sections: ops callgrind request scrape memory
+    python3 benches/bench.py [section ...]    sections: ops callgrind request handler gateway scrape memory
                                               (default: all of them, in that order)
 
 Environment: BENCH_QUICK=1 for a fast smoke run (fewer and shorter runs; the
 figures are then only indicative); BENCH_OUT=<file> to write somewhere other than
-BENCHMARKS.md; SHMETRICS_LIB_DIR for another build of libshmetrics.so.
+BENCHMARKS.md; SHMETRICS_LIB_DIR for another build of libshmetrics.so, SHMETRICS_LUA_DIR
+for another lua/ directory (e.g. an older checkout's, to compare).
 
 Benchmarks are not tests: nothing here fails on a missed target. The script
 fails only when a benchmark cannot run (nginx does not start, a tool is missing).
@@ -42,7 +43,7 @@ BENCH_DIR = os.path.join(ROOT, "benches")
 CONF_DIR = os.path.join(ROOT, "nginx-test-conf")
 LIB_DIR = os.environ.get("SHMETRICS_LIB_DIR") or os.path.join(ROOT, "target", "release")
 LIB = os.path.join(LIB_DIR, "libshmetrics.so")
-LUA_DIR = os.path.join(ROOT, "lua")
+LUA_DIR = os.environ.get("SHMETRICS_LUA_DIR") or os.path.join(ROOT, "lua")
 NGINX = "/usr/sbin/nginx"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 OUT = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "BENCHMARKS.md")
@@ -660,8 +661,8 @@ def request_table(res):
 # 2c. Instructions per request, by handler shape (callgrind on nginx)
 
 HANDLER_RUNS = 5                           # nginx processes (the JIT's choices differ between them)
-HANDLER_N = 600 if QUICK else 1500         # counted requests per variant and run
-HANDLER_WARM = 200 if QUICK else 400       # requests per variant before counting
+HANDLER_N = 500 if QUICK else 1000         # counted requests per variant and run
+HANDLER_WARM = 200 if QUICK else 300       # requests per variant before counting
 
 # The label values the gateway's handler reads (as benches/gateway.lua's vars()).
 _READ = ("local var = ngx.var\n"
@@ -685,28 +686,42 @@ def _x10(code):
     return code * 10
 
 
-# (name, code of log_by_lua_block or None, label, group). The x10 variants write
-# the code out ten times (ten call sites, as a handler would), to lift one copy
-# above the variation of the handler around it.
+# (name, code, label, group). The code runs in the location's log_by_lua_block,
+# or, for names starting with "fn_", in a function defined at start-up
+# (`function() <code> end`) that the block calls: a log_by_lua chunk is a vararg
+# function, which LuaJIT never starts a trace at (it runs in the interpreter and
+# the methods it calls run as their own traces), while a plain function called
+# by it is compiled whole. The x10 variants write their code out ten times (ten
+# call sites, as a handler would), to lift one copy above the handler's variation.
+_KIDS = ("kids.requests:inc(1)\nkids.duration:observe(dur)\nkids.model_requests:inc(1)\n"
+         "kids.tokens_in:inc(120)\nkids.tokens_out:inc(480)\nkids.cost:inc(0.0042)\n")
+_LV = "local lv = { method, path, ns }\n"
+# One update on each of 10 metrics (cs, hs: bench_handler.conf) with the same labels.
+_INC10 = "local c = cs\n" + "".join(f"c[{i}]:inc(1, lv)\n" for i in range(1, 11))
+_OBS10 = "local h = hs\n" + "".join(f"h[{i}]:observe(dur, lv)\n" for i in range(1, 11))
 HANDLER_VARIANTS = [
     ("none", None, "no Lua (**baseline**)", "shape"),
-    ("read", _READ, "`log_by_lua_block` reading the label values (`ngx.var` ×4, one `tonumber`)", "shape"),
+    ("read", _READ, "reading the label values (`ngx.var` ×4, one `tonumber`)", "shape"),
     ("set", _READ + _M + _SET, "… + the gateway set (6 updates)", "shape"),
     ("set_x10", _READ + _M + _x10(_SET), "… + the set written out 10 times", "shape"),
-    ("shdict", _READ + "ops.gateway_set_shdict(ngx.shared.metrics, method, path, ns, model, dur)\n",
-     "… + the set as a shared-dict library does it (key strings, 8 `DICT:incr`)", "shape"),
-    ("set_fn", "gateway.shmetrics()\n",
-     "read + set in a module function (`gateway.shmetrics()`: LuaJIT traces the function whole)", "shape"),
-    ("kids_x10", _READ + _x10("kids.requests:inc(1)\nkids.duration:observe(dur)\nkids.model_requests:inc(1)\n"
-                              "kids.tokens_in:inc(120)\nkids.tokens_out:inc(480)\nkids.cost:inc(0.0042)\n"),
-     "read + the set through `metric:labels()` children bound at start-up, ×10", "shape"),
+    ("kids_x10", _READ + _x10(_KIDS), "read + the set through `metric:labels()` children bound at start-up, ×10", "shape"),
     ("stub_x10", _READ + "local m = stub\n" + _x10(_SET),
-     "read + the set's 6 calls and 3 label tables on methods that do nothing, ×10 (the floor)", "shape"),
-    ("inc_x10", _READ + _M + "local lv = { method, path, ns }\n" + _x10("m.requests:inc(1, lv)\n"),
-     "read + `counter:inc(1, lv)` (3 labels) ×10", "op"),
-    ("observe_x10", _READ + _M + "local lv = { method, path, ns }\n" + _x10("m.duration:observe(dur, lv)\n"),
-     "read + `histogram:observe(dur, lv)` (3 labels) ×10", "op"),
+     "read + the set's 6 calls and 3 label tables on methods that do nothing, ×10", "shape"),
+    ("shdict", _READ + "ops.gateway_set_shdict(ngx.shared.metrics, method, path, ns, model, dur)\n",
+     "read + the set as a shared-dict library does it (key strings, 8 `DICT:incr`)", "shape"),
+    ("fn_read", _READ, "reading the label values", "fn"),
+    ("fn_set", _READ + _M + _SET, "… + the gateway set", "fn"),
+    ("fn_set_x10", _READ + _M + _x10(_SET), "… + the set written out 10 times", "fn"),
+    ("fn_kids_x10", _READ + _x10(_KIDS), "read + the set through children, ×10", "fn"),
+    ("fn_stub_x10", _READ + "local m = stub\n" + _x10(_SET), "read + the set on methods that do nothing, ×10", "fn"),
+    ("fn_shdict", _READ + "ops.gateway_set_shdict(ngx.shared.metrics, method, path, ns, model, dur)\n",
+     "read + the set as a shared-dict library does it", "fn"),
+    ("inc_x10", _READ + _LV + _INC10, "read + `counter:inc(1, lv)` (3 labels) on 10 counters", "op"),
+    ("observe_x10", _READ + _LV + _OBS10, "read + `histogram:observe(dur, lv)` (3 labels) on 10 histograms", "op"),
+    ("fn_inc_x10", _READ + _LV + _INC10, "read + `counter:inc(1, lv)` on 10 counters", "op"),
+    ("fn_observe_x10", _READ + _LV + _OBS10, "read + `histogram:observe(dur, lv)` on 10 histograms", "op"),
     ("lua_empty", "", "an empty `log_by_lua_block`", "parts"),
+    ("fn_empty", "", "a block calling an empty function", "parts"),
     ("var_method_x10", "local var = ngx.var\n" + _x10("local _ = var.request_method\n"),
      "`ngx.var.request_method` ×10", "parts"),
     ("var_arg_x10", "local var = ngx.var\n" + _x10("local _ = var.arg_ns\n"), "`ngx.var.arg_ns` ×10", "parts"),
@@ -716,7 +731,11 @@ HANDLER_VARIANTS = [
     ("start_time_x10", _x10("local _ = ngx.now() - ngx.req.start_time()\n"),
      "`ngx.now() - ngx.req.start_time()` ×10", "parts"),
     ("tables_x10", "local a, b, c = \"GET\", \"/v1/chat/completions\", \"wechat\"\n"
-     + _x10("local _ = { a, b, c }\n"), "a 3-value table constructor `{ a, b, c }` ×10", "parts"),
+     + _x10("T = { a, b, c }\n"), "a 3-value table `{ a, b, c }` ×10 (kept in a global, as a call would keep it)", "parts"),
+    ("fn_var_method_x10", "local var = ngx.var\n" + _x10("local _ = var.request_method\n"),
+     "`ngx.var.request_method` ×10", "parts"),
+    ("fn_request_time_x10", "local var = ngx.var\n" + _x10("local _ = tonumber(var.request_time)\n"),
+     "`tonumber(ngx.var.request_time)` ×10", "parts"),
 ]
 
 
@@ -799,21 +818,33 @@ HANDLER_OBJECTS = [("nginx", "nginx"), ("ngx_http_lua_module.so", "ngx_lua modul
                    ("libc.so.6", "libc")]
 
 
-def handler_run(rep):
-    locs = []
+def handler_conf_vars():
+    """LOCATIONS (one per variant) and FUNCTIONS (the fn_ variants' functions,
+    defined in init_by_lua) for nginx-test-conf/bench_handler.conf."""
+    locs, funcs = [], []
     for name, code, _, _ in HANDLER_VARIANTS:
         if code is None:
             continue
+        if name.startswith("fn_"):
+            funcs.append(f"        handlers.{name} = function()\n"
+                         + "".join("            " + l + "\n" for l in code.splitlines()) + "        end")
+            code = f"handlers.{name}()\n"
         body = "\n".join("                " + l for l in code.splitlines())
         locs.append(f"        location = /{name} {{\n            return 200 \"ok\\n\";\n"
                     f"            log_by_lua_block {{\n{body}\n            }}\n        }}")
-    n = CallgrindNginx("bench_handler", LOCATIONS="\n".join(locs))
+    return dict(LOCATIONS="\n".join(locs), FUNCTIONS="\n".join(funcs))
+
+
+def handler_run(rep):
+    n = CallgrindNginx("bench_handler", **handler_conf_vars())
     try:
         names = [v[0] for v in HANDLER_VARIANTS]
         query = "?ns=wechat&model=gpt-4"
-        for name in names:                      # warm-up: traces compiled, series created
-            requests_on(n.port, f"/{name}{query}", HANDLER_WARM)
+        # Each run warms up (traces compiled, series created) and counts in its
+        # own order: which traces LuaJIT makes depends on what ran hot first.
         order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            requests_on(n.port, f"/{name}{query}", HANDLER_WARM)
         out = {}
         for name in order:
             kib0 = float(n.get("/gc?collect=1", port=n.metrics_port))
@@ -843,10 +874,9 @@ def bench_handler():
         sys.exit("callgrind_control not found (valgrind installs it)")
     with ThreadPoolExecutor(max_workers=max(1, len(ALL_CPUS))) as ex:
         runs = list(ex.map(handler_run, range(HANDLER_RUNS)))
-    # Requests that recorded gateway_requests_total{GET,...,wechat} once per request
-    # (warm-up included): set, set_fn, shdict does not (its own dict), x10 ten times;
-    # inc_x10 ten times; kids_x10 ten times.
-    per_req = {"set": 1, "set_fn": 1, "set_x10": 10, "kids_x10": 10, "inc_x10": 10}
+    # gateway_requests_total{GET,/v1/chat/completions,wechat}: recorded once per
+    # request by each set, ten times by each x10 of the set (warm-up included).
+    per_req = {"set": 1, "set_x10": 10, "kids_x10": 10, "fn_set": 1, "fn_set_x10": 10, "fn_kids_x10": 10}
     expect = sum(per_req.values()) * (HANDLER_WARM + HANDLER_N)
     res = {"n": HANDLER_N, "warm": HANDLER_WARM, "runs": len(runs), "rows": [],
            "counted": [r["_counted"] for r in runs], "expect_counted": expect}
@@ -865,15 +895,83 @@ def bench_handler():
     def per_copy(name, base, k=10):
         return [(r[name]["ir"] - r[base]["ir"]) / k for r in runs]
 
-    res["one_set"] = per_copy("set", "read", 1)
-    res["set_per_copy"] = per_copy("set_x10", "read")
-    res["kid_set_per_copy"] = per_copy("kids_x10", "read")
-    res["stub_per_copy"] = per_copy("stub_x10", "read")
-    res["inc"] = per_copy("inc_x10", "read")
-    res["observe"] = per_copy("observe_x10", "read")
-    res["observe_over_inc"] = median([o / i for o, i in zip(res["observe"], res["inc"])])
+    for pre, base in (("", "read"), ("fn_", "fn_read")):
+        res[pre + "one_set"] = per_copy(pre + "set", base, 1)
+        res[pre + "set_per_copy"] = per_copy(pre + "set_x10", base)
+        res[pre + "kid_set_per_copy"] = per_copy(pre + "kids_x10", base)
+        res[pre + "stub_per_copy"] = per_copy(pre + "stub_x10", base)
+        res[pre + "inc"] = per_copy(pre + "inc_x10", base)
+        res[pre + "observe"] = per_copy(pre + "observe_x10", base)
+        res[pre + "observe_over_inc"] = median([o / i for o, i in zip(res[pre + "observe"], res[pre + "inc"])])
     res["none_ir"] = rows["none"]["ir"]
     return res
+
+
+def handler_tables(r):
+    """The tables of section 2c (handler shapes, per update, the handler's parts, by object)."""
+    rows = {x["v"]: x for x in r["rows"]}
+    none = r["none_ir"]
+    L = ["| variant | code in the block (interpreted) | min–max | code in a function the block calls (compiled) | min–max | bytes allocated/request (block / function) |",
+         "|---|---:|---:|---:|---:|---:|"]
+
+    def cell(v):
+        x = rows.get(v)
+        return ("–", "") if x is None else (fmt(x["ir"], 0), f"{fmt(x['lo'], 0)}–{fmt(x['hi'], 0)}")
+
+    def alloc(v):
+        x = rows.get(v)
+        return "–" if x is None else fmt(x["alloc"], 0)
+
+    L.append(f"| no Lua (**baseline**) | {fmt(none, 0)} | {fmt(rows['none']['lo'], 0)}–{fmt(rows['none']['hi'], 0)} | | | 0 |")
+    for v, label in (("empty", "an empty handler (`log_by_lua_block {}`; a block calling an empty function)"),
+                     ("read", "reading the label values (`ngx.var` ×4, one `tonumber`)"),
+                     ("set", "… + the gateway set (6 updates)"),
+                     ("set_x10", "… + the set written out 10 times"),
+                     ("kids_x10", "read + the set through children bound at start-up, ×10"),
+                     ("stub_x10", "read + the set's 6 calls and 3 label tables on methods that do nothing, ×10"),
+                     ("shdict", "read + the set as a shared-dict library does it (8 `DICT:incr`)")):
+        a = "lua_empty" if v == "empty" else v
+        b = "fn_" + v
+        ca, cb = cell(a), cell(b)
+        L.append(f"| {label} | {ca[0]} | {ca[1]} | {cb[0]} | {cb[1]} | {alloc(a)} / {alloc(b)} |")
+    L += ["", "Per update, from the same runs: (variant − read) / copies, median over the runs (min–max).", "",
+          "| per copy | in the block (interpreted) | in a function (compiled) |", "|---|---:|---:|"]
+
+    def stat(key):
+        xs = r.get(key)
+        if not xs:
+            return "–"
+        return f"{fmt(median(xs), 0)} ({fmt(min(xs), 0)}–{fmt(max(xs), 0)})"
+
+    for key, label in (("one_set", "one gateway set, written once (set − read)"),
+                       ("set_per_copy", "one gateway set, per copy of 10"),
+                       ("kid_set_per_copy", "one set through children, per copy of 10"),
+                       ("stub_per_copy", "the floor: 6 calls of a method that does nothing + 3 label tables, per copy"),
+                       ("inc", "`counter:inc(1, lv)`, 3 labels, per call"),
+                       ("observe", "`histogram:observe(dur, lv)`, 3 labels, per call")):
+        L.append(f"| {label} | {stat(key)} | {stat('fn_' + key)} |")
+    L.append(f"| observe ÷ inc | {ratio(r.get('observe_over_inc'), 2)} | {ratio(r.get('fn_observe_over_inc'), 2)} |")
+    L += ["", "Where a handler's instructions go: each part written 10 times into an otherwise empty handler,"
+          " (variant − empty handler) / 10; the phase entry against no Lua.", "",
+          "| part | instructions | bytes allocated |", "|---|---:|---:|"]
+    e, fe = rows["lua_empty"], rows["fn_empty"]
+    L.append(f"| ngx_lua's log phase entry and exit (empty `log_by_lua_block` − no Lua) | {fmt(e['ir'] - none, 0)} | {fmt(e['alloc'], 0)} |")
+    L.append(f"| a global lookup and a call of an empty Lua function from the block | {fmt(fe['ir'] - e['ir'], 0)} | |")
+    for v, base in (("var_method_x10", e), ("var_arg_x10", e), ("request_time_x10", e),
+                    ("get_method_x10", e), ("start_time_x10", e), ("tables_x10", e),
+                    ("fn_var_method_x10", fe), ("fn_request_time_x10", fe)):
+        x = rows[v]
+        where = "in a compiled function: " if v.startswith("fn_") else "in the block: "
+        L.append(f"| {where}{x['label'].replace(' ×10', '')} | {fmt((x['ir'] - base['ir']) / 10, 0)} | "
+                 f"{fmt((x['alloc'] - base['alloc']) / 10, 0)} |")
+    L += ["", "Self instructions per request by object (callgrind's `ob=`; `???` is LuaJIT's machine code):", "",
+          "| variant | " + " | ".join(lbl for _, lbl in HANDLER_OBJECTS) + " | total |",
+          "|---|" + "---:|" * (len(HANDLER_OBJECTS) + 1)]
+    for v in ("none", "lua_empty", "read", "set_x10", "fn_empty", "fn_read", "fn_set_x10"):
+        x = rows[v]
+        L.append(f"| `{v}` | " + " | ".join(fmt(x["per"].get(o, 0), 0) for o, _ in HANDLER_OBJECTS)
+                 + f" | {fmt(x['ir'], 0)} |")
+    return "\n".join(L)
 
 
 # --------------------------------------------------------------------------
@@ -1206,6 +1304,18 @@ def targets_summary(res):
                  f"{fmt(sm['added_empty'], 0)} ns, {sm['added_empty'] / rows['none']['ns'] * 100:+.1f} %) | {mark(sm['added_pct'] <= 2)} |")
         L.append(f"| … and ≤ a fifth of what the shared-dict variant adds | {ratio(r['sm_over_sd'], 2)} | "
                  f"{mark(r['sm_over_sd'] is not None and r['sm_over_sd'] <= 0.2)} |")
+    if "handler" in res:
+        r = res["handler"]
+        lim = r["none_ir"] / 100
+        fn_set, in_set = median(r["fn_set_per_copy"]), median(r["set_per_copy"])
+        L.append(f"| one 6-update gateway set adds ≤ 1 % of a no-Lua request's instructions (≤ {fmt(lim, 0)}) |"
+                 f" compiled handler: {fmt(fn_set, 0)} per set ({fn_set / r['none_ir'] * 100:.1f} %);"
+                 f" code in the `log_by_lua_block` (interpreted): {fmt(in_set, 0)} ({in_set / r['none_ir'] * 100:.1f} %)"
+                 f" (section 2c) | {mark(fn_set <= lim and in_set <= lim)} |")
+        L.append(f"| `histogram:observe` with 3 labels ≤ 2× `counter:inc` in a handler | compiled:"
+                 f" {ratio(r['fn_observe_over_inc'], 2)} ({fmt(median(r['fn_observe']), 0)} against {fmt(median(r['fn_inc']), 0)});"
+                 f" interpreted block: {ratio(r['observe_over_inc'], 2)} ({fmt(median(r['observe']), 0)} against"
+                 f" {fmt(median(r['inc']), 0)}) | {mark(r['fn_observe_over_inc'] <= 2 and r['observe_over_inc'] <= 2)} |")
     if "scrape" in res:
         r = res["scrape"]
         for row in r["sizes"]:
@@ -1341,6 +1451,43 @@ def write_report(info, res, sections, elapsed):
               "Command:", "", "```sh", "scripts/bench.sh gateway",
               "# per variant: wrk -t1 -c8 -d1s -s post.lua 'http://127.0.0.1:$PORT/{plain,lua,gw}/v1/chat/completions'",
               "```", ""]
+    if "handler" in res:
+        r = res["handler"]
+        L += ["## 2c. Per request: instructions by handler shape (callgrind on nginx)", "",
+              "nginx runs as one process (`master_process off; daemon off;`) under valgrind's callgrind"
+              " (`--smc-check=all-non-file`, since LuaJIT writes machine code). Every variant is its own location"
+              " of `nginx-test-conf/bench_handler.conf` answering `return 200 \"ok\\n\"`, its code in `log_by_lua_block`"
+              " (code: `HANDLER_VARIANTS` in `benches/bench.py`). Per variant: a full garbage collection"
+              " (`GET /gc?collect=1`, so every count starts from the same collector state), `callgrind_control -z`,"
+              f" {r['n']:,} keep-alive requests (`?ns=wechat&model=gpt-4`), `callgrind_control -d`; instructions/request ="
+              f" the dump's total / {r['n']:,}. Each of {r['runs']} runs is a fresh nginx whose variants warm up"
+              f" ({r['warm']} requests each) and count in a rotated order, because which traces LuaJIT makes depends"
+              " on what ran hot first: the spread between runs is that choice. Medians over the runs, min–max."
+              " These counts do not depend on the machine's load (the fuzzer and the other helpers ran meanwhile);"
+              " times would.", "",
+              "Two places for the same code: **in the block** itself, and **in a function** defined at start-up that"
+              " the block calls (`handlers.<name>()`). A `log_by_lua` chunk is a vararg function, at which LuaJIT"
+              " never starts a trace: it runs in the interpreter, its `ngx.var` reads run resty.core's FFI code"
+              " interpreted (`var.lua:68 -- NYI: return to lower frame at ffi.string` when LuaJIT tries them alone),"
+              " its label tables are allocated, and each update method it calls runs as a trace of its own,"
+              " entered from the interpreter and returning to it. A plain function called from the block is"
+              " compiled whole: the reads, the updates and the label tables (sunk: never allocated) in one trace.", "",
+              handler_tables(r), "",
+              f"Check: `gateway_requests_total{{GET,…,wechat}}` counted {', '.join(f'{c:,}' for c in r['counted'])}"
+              f" per run, {r['expect_counted']:,} expected (every request of the variants that record it, warm-up included).", "",
+              "Commands:", "",
+              "```sh",
+              f"{env}scripts/bench.sh handler",
+              "# per run: valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file=$PREFIX/callgrind.out \\",
+              "#   nginx -p $PREFIX -c nginx-test-conf/bench_handler.conf (rendered) -g 'daemon off; master_process off;'",
+              "# then per variant:",
+              "curl http://127.0.0.1:$METRICS_PORT/gc?collect=1; callgrind_control -z $PID",
+              "# N keep-alive GETs of http://127.0.0.1:$PORT/<variant>?ns=wechat&model=gpt-4, then",
+              "callgrind_control -d $PID   # totals: line of $PREFIX/callgrind.out.<k>",
+              "```", "",
+              "Measured before and after this version's update fast path with the same section"
+              " (`SHMETRICS_LUA_DIR=<older checkout>/lua scripts/bench.sh handler`): see"
+              " [the handler path](#the-handler-path-before-and-after) below.", ""]
     if "scrape" in res:
         r = res["scrape"]
         L += ["## 3. Scrape", "",

@@ -4,7 +4,7 @@
 # script fails only when a benchmark cannot run.
 #
 #   scripts/bench.sh                  every section (about 8 minutes)
-#   scripts/bench.sh ops scrape       some sections: ops callgrind request scrape memory
+#   scripts/bench.sh ops scrape       some sections: ops callgrind request handler gateway scrape memory
 #   BENCH_QUICK=1 scripts/bench.sh    a smoke run: fewer, shorter runs (about 2 minutes)
 #
 # BENCHMARKS.md always holds the sections of the last run only. The driver is
