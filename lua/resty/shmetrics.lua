@@ -703,125 +703,6 @@ GaugeChild.dec = dec
 
 local CHILD = { [Counter] = CounterChild, [Gauge] = GaugeChild, [Histogram] = HistogramChild }
 
--- Fast paths. A log_by_lua handler is not compiled as a whole: its update
--- calls enter the methods from the interpreter, and LuaJIT compiles each hot
--- Lua function into a trace of its own. Through the composed methods above
--- (updater -> check -> locate -> walk -> apply), a helper that got a trace of
--- its own first split one update into several traces linked through the
--- interpreter. So every update method of metrics and children is also a
--- closure of one generated function that does the whole cached update with
--- no Lua call: the value check, the label-cache walk, the slot and generation
--- checks, the cell update. Its upvalues (which update, how many labels) are
--- constants in a trace, so each method's trace holds only its own path; the
--- methods sharing one prototype keeps what the composed methods did well: a
--- call of another method leaves the first method's trace by a guard, and the
--- side trace LuaJIT grows there goes on into the handler after the return
--- (a root trace stops at its function's return), so the rest of a handler
--- written in log_by_lua_block gets compiled too. Anything else (a value that
--- is not a plain number, a label set not cached yet, no slot yet, a del or
--- reset elsewhere) calls the composed method, which behaves as before.
--- Metrics and children hold these closures in their own table: a call finds
--- its method in one lookup, without the metatable.
-local OP_COUNT, OP_DELTA, OP_LEVEL, OP_SAMPLE = 1, 2, 3, 4
-local FAST_SRC
-do
-    local src = { [==[
-local lib, type, INF = ...
-return function(op, n, slow)
-    return function(self, value, lv)
-        local v = value
-        if op == 1 then      -- count: counter:inc
-            if v == nil then v = 1 elseif type(v) ~= "number" or not (v >= 0 and v < INF) then
-                return slow(self, value, lv)
-            end
-        elseif op == 2 then  -- delta: gauge:inc
-            if v == nil then v = 1 elseif type(v) ~= "number" or not (v > -INF and v < INF) then
-                return slow(self, value, lv)
-            end
-        elseif op == 3 then  -- level: gauge:set (+-Inf allowed)
-            if type(v) ~= "number" or v ~= v then return slow(self, value, lv) end
-        elseif type(v) ~= "number" or not (v > -INF and v < INF) then  -- sample: observe
-            return slow(self, value, lv)
-        end
-        local cell
-        if n < 0 then        -- a child: its cell is bound
-            cell = self.cell
-        elseif n == 0 then
-            if lv ~= nil then return slow(self, value, lv) end
-            cell = self.cache[1]
-        else
-            if type(lv) ~= "table" then return slow(self, value, lv) end
-            cell = self.cache[lv[1]]
-]==] }
-    for i = 2, MAX_LABELS do
-        src[#src + 1] = "            if n >= " .. i .. " then\n"
-                        .. "                if cell == nil then return slow(self, value, lv) end\n"
-                        .. "                cell = cell[lv[" .. i .. "]]\n            end\n"
-    end
-    src[#src + 1] = [==[
-            if lv[n + 1] ~= nil then return slow(self, value, lv) end
-        end
-        local cells = self.cells
-        if cell == nil or cells == nil or self.genp[0] ~= self.gen then
-            return slow(self, value, lv)
-        end
-        if op == 1 then
-            cells[cell] = cells[cell] + v
-        elseif op == 2 then
-            -- Deltas count only since the last set (whose stamp is shared).
-            local stamp = self.shared[cell]
-            if cells[cell + 3] ~= stamp then
-                cells[cell + 2] = 0
-                cells[cell + 3] = stamp
-            end
-            cells[cell + 2] = cells[cell + 2] + v
-        elseif op == 3 then
-            -- A stamp unique to this write: the slot's own sequence and the slot number.
-            local seq = cells[SEQ] + 1
-            cells[SEQ] = seq
-            local stamp = seq * STAMP_SLOTS + self.slot
-            cells[cell] = v
-            cells[cell + 1] = stamp
-            -- Publishing the stamp last makes this set the one readers use.
-            self.shared[cell] = stamp
-        else
-            lib.shmetrics_observe(cells, cell, self.bounds, self.nbounds, v)
-        end
-        return true
-    end
-end
-]==]
-    FAST_SRC = concat(src):gsub("STAMP_SLOTS", tostring(STAMP_SLOTS)):gsub("SEQ", tostring(CELL_GAUGE_SEQ))
-end
-local make_fast        -- make_fast(op, n, slow): built at the first definition (lib loaded)
-
--- metatable -> { method name = { op, general method } }
-local FAST_OF = {
-    [Counter] = { inc = { OP_COUNT, Counter.inc } },
-    [Gauge] = { set = { OP_LEVEL, Gauge.set }, inc = { OP_DELTA, Gauge.inc } },
-    [Histogram] = { observe = { OP_SAMPLE, Histogram.observe } },
-    [CounterChild] = { inc = { OP_COUNT, CounterChild.inc } },
-    [GaugeChild] = { set = { OP_LEVEL, GaugeChild.set }, inc = { OP_DELTA, GaugeChild.inc } },
-    [HistogramChild] = { observe = { OP_SAMPLE, HistogramChild.observe } },
-}
-local fast_made = {}   -- "<name>/<metatable's method>/<n>" -> closure, one per kind of use
-
--- Puts the fast methods of obj's kind into obj (n: its label count; -1 for a child).
-local function add_fast_methods(obj, proto, n)
-    if not make_fast then
-        make_fast = assert(loadstring(FAST_SRC, "=shmetrics.fast"))(lib, type, INF)
-    end
-    for name, spec in pairs(FAST_OF[proto]) do
-        local id = tostring(spec[2]) .. "/" .. n
-        local f = fast_made[id]
-        if not f then
-            f = make_fast(spec[1], n, spec[2])
-            fast_made[id] = f
-        end
-        obj[name] = f
-    end
-end
-
 --- child = metric:labels(label_values) -> child | nil, err
 -- Binds label values once; child:inc(v) / child:set(v) / child:observe(v) then
 -- skip the label lookup. The values are copied: changing the table later does
@@ -849,7 +730,6 @@ function Metric:labels(lv)
             child[k] = f
         end
     end
-    add_fast_methods(child, methods, -1)
     return setmetatable(child, methods)
 end
 
@@ -1015,7 +895,6 @@ local function define(self, kind, proto, name, help, label_names, buckets, opts)
         -- the library drops a trailing +Inf
         m.nbounds = (buckets[nb] == INF) and nb - 1 or nb
     end
-    add_fast_methods(m, proto, n)
     self.metrics[fam] = m
     if n == 0 then
         -- A metric without labels is exposed (as 0) from the start.
