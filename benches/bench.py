@@ -3,12 +3,13 @@
 
 Called by scripts/bench.sh (`make bench`), after `cargo build --release`.
 
-    python3 benches/bench.py [section ...]    sections: ops callgrind request gateway scrape stall memory
+    python3 benches/bench.py [section ...]    sections: ops callgrind request handler gateway scrape stall memory
                                               (default: all of them, in that order)
 
 Environment: BENCH_QUICK=1 for a fast smoke run (fewer and shorter runs; the
 figures are then only indicative); BENCH_OUT=<file> to write somewhere other than
-BENCHMARKS.md; SHMETRICS_LIB_DIR for another build of libshmetrics.so.
+BENCHMARKS.md; SHMETRICS_LIB_DIR for another build of libshmetrics.so, SHMETRICS_LUA_DIR
+for another lua/ directory (e.g. an older checkout's, to compare).
 
 Benchmarks are not tests: nothing here fails on a missed target. The script
 fails only when a benchmark cannot run (nginx does not start, a tool is missing).
@@ -42,12 +43,12 @@ BENCH_DIR = os.path.join(ROOT, "benches")
 CONF_DIR = os.path.join(ROOT, "nginx-test-conf")
 LIB_DIR = os.environ.get("SHMETRICS_LIB_DIR") or os.path.join(ROOT, "target", "release")
 LIB = os.path.join(LIB_DIR, "libshmetrics.so")
-LUA_DIR = os.path.join(ROOT, "lua")
+LUA_DIR = os.environ.get("SHMETRICS_LUA_DIR") or os.path.join(ROOT, "lua")
 NGINX = "/usr/sbin/nginx"
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 OUT = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "BENCHMARKS.md")
 
-SECTIONS = ["ops", "callgrind", "request", "gateway", "scrape", "stall", "memory"]
+SECTIONS = ["ops", "callgrind", "request", "handler", "gateway", "scrape", "stall", "memory"]
 
 # Run counts and durations (full / quick).
 ROUNDS = 5 if QUICK else 9                 # per-op rounds in nginx
@@ -251,7 +252,7 @@ class Nginx:
         self.error_log = os.path.join(self.prefix, "logs", "error.log")
         base = [NGINX, "-p", self.prefix, "-e", self.error_log, "-c", self.conf]
         run(base + ["-t"])
-        self.cmdline = base + ["-g", "daemon off;"]
+        self.cmdline = self.command(base)
         stderr = open(os.path.join(self.prefix, "logs", "stderr.log"), "w")
 
         def pre():
@@ -262,16 +263,29 @@ class Nginx:
                                      stderr=stderr, preexec_fn=pre)
         self.workers_seen = set()
         _nginxes.append(self)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.START_SECONDS
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited at start:\n{self.read_log()}")
-            if self.listening() and len(self.workers()) == 1:
+            if self.ready():
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nginx not ready after 30 s:\n{self.read_log()}")
+                raise RuntimeError(f"nginx not ready after {self.START_SECONDS} s:\n{self.read_log()}")
             time.sleep(0.01)
-        self.worker = self.workers()[0]
+        self.worker = self.serving_pid()
+
+    START_SECONDS = 30
+
+    def command(self, base):
+        """The command line that runs nginx (a subclass may wrap it)."""
+        return base + ["-g", "daemon off;"]
+
+    def ready(self):
+        return self.listening() and len(self.workers()) == 1
+
+    def serving_pid(self):
+        """The process that serves requests: the one worker."""
+        return self.workers()[0]
 
     def _rm_shm(self):
         d, base = os.path.split(self.shm_path)
@@ -644,6 +658,403 @@ def request_table(res):
         add_e = "" if row["v"] in ("none", "empty") else f"{fmt(row['added_empty'], 0)} ns"
         L.append(f"| {row['label']} | {fmt(row['ns'], 0)} | {fmt(row['lo'], 0)}–{fmt(row['hi'], 0)} | "
                  f"{fmt(row['ticks_ns'], 0)} | {add} | {add_e} | {fmt(row['rps'], 0)} |")
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------
+# 2c. Instructions per request, by handler shape (callgrind on nginx)
+
+HANDLER_RUNS = 5                           # nginx processes (the JIT's choices differ between them)
+HANDLER_N = 500 if QUICK else 1000         # counted requests per variant and run
+HANDLER_WARM = 200 if QUICK else 300       # requests per variant before counting
+
+# The label values the gateway's handler reads (as benches/gateway.lua's vars()).
+_READ = ("local var = ngx.var\n"
+         "local method, path, ns, model, dur = var.request_method, \"/v1/chat/completions\",\n"
+         "    var.arg_ns, var.arg_model, tonumber(var.request_time)\n")
+# The gateway's 6-update set as handler code writes it (benches/gateway.lua).
+_SET = ("do\n"
+        "local lv = { method, path, ns }\n"
+        "m.requests:inc(1, lv)\n"
+        "m.duration:observe(dur, lv)\n"
+        "m.model_requests:inc(1, { model, ns, \"success\" })\n"
+        "local lm = { model, ns }\n"
+        "m.tokens_in:inc(120, lm)\n"
+        "m.tokens_out:inc(480, lm)\n"
+        "m.cost:inc(0.0042, lm)\n"
+        "end\n")
+_M = "local m = metrics\n"
+
+
+def _x10(code):
+    return code * 10
+
+
+# (name, code, label, group). The code runs in the location's log_by_lua_block,
+# or, for names starting with "fn_", in a function defined at start-up
+# (`function() <code> end`) that the block calls: a log_by_lua chunk is a vararg
+# function, which LuaJIT never starts a trace at (it runs in the interpreter and
+# the methods it calls run as their own traces), while a plain function called
+# by it is compiled whole. The x10 variants write their code out ten times (ten
+# call sites, as a handler would), to lift one copy above the handler's variation.
+_KIDS = ("kids.requests:inc(1)\nkids.duration:observe(dur)\nkids.model_requests:inc(1)\n"
+         "kids.tokens_in:inc(120)\nkids.tokens_out:inc(480)\nkids.cost:inc(0.0042)\n")
+_LV = "local lv = { method, path, ns }\n"
+# One update on each of 10 metrics (cs, hs: bench_handler.conf) with the same labels.
+_INC10 = "local c = cs\n" + "".join(f"c[{i}]:inc(1, lv)\n" for i in range(1, 11))
+_OBS10 = "local h = hs\n" + "".join(f"h[{i}]:observe(dur, lv)\n" for i in range(1, 11))
+HANDLER_VARIANTS = [
+    ("none", None, "no Lua (**baseline**)", "shape"),
+    ("read", _READ, "reading the label values (`ngx.var` ×4, one `tonumber`)", "shape"),
+    ("set", _READ + _M + _SET, "… + the gateway set (6 updates)", "shape"),
+    ("set_x10", _READ + _M + _x10(_SET), "… + the set written out 10 times", "shape"),
+    ("kids_x10", _READ + _x10(_KIDS), "read + the set through `metric:labels()` children bound at start-up, ×10", "shape"),
+    ("stub_x10", _READ + "local m = stub\n" + _x10(_SET),
+     "read + the set's 6 calls and 3 label tables on methods that do nothing, ×10", "shape"),
+    ("shdict", _READ + "ops.gateway_set_shdict(ngx.shared.metrics, method, path, ns, model, dur)\n",
+     "read + the set as a shared-dict library does it (key strings, 8 `DICT:incr`)", "shape"),
+    ("fn_read", _READ, "reading the label values", "fn"),
+    ("fn_set", _READ + _M + _SET, "… + the gateway set", "fn"),
+    ("fn_set_x10", _READ + _M + _x10(_SET), "… + the set written out 10 times", "fn"),
+    ("fn_kids_x10", _READ + _x10(_KIDS), "read + the set through children, ×10", "fn"),
+    ("fn_stub_x10", _READ + "local m = stub\n" + _x10(_SET), "read + the set on methods that do nothing, ×10", "fn"),
+    ("fn_shdict", _READ + "ops.gateway_set_shdict(ngx.shared.metrics, method, path, ns, model, dur)\n",
+     "read + the set as a shared-dict library does it", "fn"),
+    ("inc_x10", _READ + _LV + _INC10, "read + `counter:inc(1, lv)` (3 labels) on 10 counters", "op"),
+    ("observe_x10", _READ + _LV + _OBS10, "read + `histogram:observe(dur, lv)` (3 labels) on 10 histograms", "op"),
+    ("fn_inc_x10", _READ + _LV + _INC10, "read + `counter:inc(1, lv)` on 10 counters", "op"),
+    ("fn_observe_x10", _READ + _LV + _OBS10, "read + `histogram:observe(dur, lv)` on 10 histograms", "op"),
+    ("lua_empty", "", "an empty `log_by_lua_block`", "parts"),
+    ("fn_empty", "", "a block calling an empty function", "parts"),
+    ("var_method_x10", "local var = ngx.var\n" + _x10("local _ = var.request_method\n"),
+     "`ngx.var.request_method` ×10", "parts"),
+    ("var_arg_x10", "local var = ngx.var\n" + _x10("local _ = var.arg_ns\n"), "`ngx.var.arg_ns` ×10", "parts"),
+    ("request_time_x10", "local var = ngx.var\n" + _x10("local _ = tonumber(var.request_time)\n"),
+     "`tonumber(ngx.var.request_time)` ×10", "parts"),
+    ("get_method_x10", _x10("local _ = ngx.req.get_method()\n"), "`ngx.req.get_method()` ×10", "parts"),
+    ("start_time_x10", _x10("local _ = ngx.now() - ngx.req.start_time()\n"),
+     "`ngx.now() - ngx.req.start_time()` ×10", "parts"),
+    ("tables_x10", "local a, b, c = \"GET\", \"/v1/chat/completions\", \"wechat\"\n"
+     + _x10("T = { a, b, c }\n"), "a 3-value table `{ a, b, c }` ×10 (kept in a global, as a call would keep it)", "parts"),
+    ("fn_var_method_x10", "local var = ngx.var\n" + _x10("local _ = var.request_method\n"),
+     "`ngx.var.request_method` ×10", "parts"),
+    ("fn_request_time_x10", "local var = ngx.var\n" + _x10("local _ = tonumber(var.request_time)\n"),
+     "`tonumber(ngx.var.request_time)` ×10", "parts"),
+]
+
+
+# The handler path before and after (section 2c): what was tried on the update
+# methods, measured with this section, and what bounds the targets. Written here
+# so that the report carries it.
+HANDLER_NOTES = [
+    "### The handler path, before and after", "",
+    "What LuaJIT makes of the updates a handler calls (`jit.v` in a worker, the `set_x10` block after 2,000"
+    " requests; the `var.lua:68` aborts of the `ngx.var` reads left out). The current methods: every update"
+    " method is a closure of one prototype (`updater`: `check` → `locate` → `walk` → `apply`):", "",
+    "```",
+    "[TRACE   6 shmetrics.walk3:2 return]",
+    "[TRACE   7 shmetrics.lua:493 return]          locate()",
+    "[TRACE   8 shmetrics.lua:608 return]          add()",
+    "[TRACE   9 shmetrics.lua:642 return]          the updater: one prototype for every method",
+    "[TRACE  10 (7/0) shmetrics.lua:494 return]",
+    "[TRACE  11 shmetrics.lua:557 return]          check_count()",
+    "[TRACE  12 (9/0) shmetrics.lua:643 return]    another method leaves trace 9 by its closure guard",
+    "[TRACE  13 (10/7) shmetrics.lua:654 return]   side traces go on through the return into the block",
+    "[TRACE  14 (12/3) shmetrics.lua:648 return]",
+    "[TRACE  15 (14/6) shmetrics.lua:654 return]",
+    "```", "",
+    "Tried **A**: one generated function per method and label count doing the whole cached update with no"
+    " Lua call (value check, label walk, slot and generation checks, store), put in the metric's own table"
+    " (no metatable lookup); anything else calls the current method. One trace per method, no side trace:", "",
+    "```",
+    "[TRACE   1 shmetrics.fast.counter_inc/2:2 return]",
+    "[TRACE   2 shmetrics.fast.counter_inc/3:2 return]",
+    "[TRACE   3 shmetrics.fast.histogram_observe/3:2 return]",
+    "```", "",
+    "And **B**: the same body as closures of one generated prototype (which update and how many labels"
+    " as upvalues, constants in a trace):", "",
+    "```",
+    "[TRACE   9 shmetrics.fast:3 return]",
+    "[TRACE  10 (9/1) shmetrics.fast:6 return]",
+    "[TRACE  11 (10/8) shmetrics.fast:25 return]",
+    "[TRACE  12 (10/25) shmetrics.fast:91 return]",
+    "[TRACE  13 (12/1) shmetrics.fast:91 return]",
+    "```", "",
+    "Instructions per request from this section, 5 runs each, medians (min–max); all Lua tests pass with each:", "",
+    "| | current | A | B |",
+    "|---|---:|---:|---:|",
+    "| the gateway set in the block, per copy of 10 | 377 (315–436) | 3,404 (3,373–3,529) | 352 (273–448) |",
+    "| the gateway set in the block, written once | 1,953 (1,425–2,798) | 2,906 (2,286–3,543) | 1,927 (1,001–2,446) |",
+    "| the set through children in the block, per copy | 256 (187–354) | 1,705 (1,630–1,770) | 261 (190–358) |",
+    "| the gateway set in a compiled function, per copy of 10 | 273 (273–277) | 231 (231–233) | 273 (273–275) |",
+    "| the gateway set in a compiled function, written once | 869 (861–895) | 450 (446–457) | 879 (877–884) |",
+    "| the set through children in a compiled function, per copy | 230 (230–231) | 210 (210–211) | 235 (234–236) |",
+    "| `counter:inc` / `histogram:observe` per call, block | 262 / 377 | – | 243 / 385 |",
+    "| `counter:inc` / `histogram:observe` per call, compiled | 165 / 278 | – | 165 / 298 |", "",
+    "(A's per-call rows were measured on one metric ten times, where LuaJIT merges the lookups: not comparable.)"
+    " **A** loses where handlers are written most often: a root trace stops at its function's return"
+    " (`lj_record_ret`: \"return to lower frame via interpreter\"), so between the calls the block stays in"
+    " the interpreter and allocates its label tables: 9× the current cost per set. The current methods win there"
+    " by their shape: one prototype for all, so a call of another method leaves the first method's trace by"
+    " its closure guard, and the side trace LuaJIT grows at that exit continues through the return into the"
+    " block and compiles the rest of it (trace 13 above). In a compiled function A saves 42 instructions per"
+    " set. **B** keeps the shared prototype and removes the Lua calls, and measures the same as the current"
+    " code: in a trace, LuaJIT already inlines `check`, `locate`, `walk` and `apply`. So the current code stays;"
+    " A and B are kept out (B's source: commit `c5fcf57` of branch `issue-13b`).", "",
+    "What bounds the targets:", "",
+    "- **One set ≤ 1 % of a no-Lua request (≤ about 88 instructions)**: in a compiled handler the set costs"
+    " 273; the same six updates through children (no label lookup at all) 230–235; six calls of methods that"
+    " do nothing 21. So about 35–40 instructions per update are the fixed part of a cached update: loading"
+    " the metric and its method (guards on the table's shape and on the function), the check that this"
+    " process has its slot (`cells`, a cdata: type and NULL guards), the check that no `del`/`reset` moved the"
+    " family (`genp[0] ~= gen`: a cdata load, a conversion, a compare) and the store; the 3-label lookup adds"
+    " about 7 per update. 15 per update would mean dropping the slot and generation checks, which the"
+    " cross-worker `del`/`reset` and the first-write slot claim need. In the block the interpreter bounds it:"
+    " the same six calls and three label tables on methods that do nothing cost about 2,300–2,500 per set"
+    " when nothing of the block gets compiled.",
+    "- **observe ≤ 2× inc**: met in both shapes (the histogram adds one FFI call into Rust: the bucket count"
+    " over 19 bounds and two cell updates).",
+    "- **The 25,000 instructions of the handler itself** (section 2c's parts table): the `ngx.var` reads run"
+    " interpreted in a block, about 5,600–6,300 instructions each (resty.core's FFI code boxed and called"
+    " through the interpreter); the same read in a compiled function costs about 600, `ngx.req.get_method()`"
+    " about 235 even in the block. The log phase entry itself is about 1,200. See README.md, *Recording"
+    " cheaply from a handler*.",
+    "",
+]
+
+
+class CallgrindNginx(Nginx):
+    """nginx as one process (master_process off) under valgrind's callgrind, with
+    the counters zeroed and dumped from outside (callgrind_control) around each
+    counted run."""
+
+    START_SECONDS = 180
+
+    def command(self, base):
+        self.cg_out = os.path.join(self.prefix, "callgrind.out")
+        self.dumps = 0
+        # --smc-check: LuaJIT writes machine code into anonymous memory.
+        return ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+                f"--callgrind-out-file={self.cg_out}"] + base + ["-g", "daemon off; master_process off;"]
+
+    def ready(self):
+        return self.listening()
+
+    def serving_pid(self):
+        return self.proc.pid
+
+    def zero(self):
+        run(["callgrind_control", "-z", str(self.proc.pid)], timeout=120)
+
+    def dump(self):
+        """Dumps the counters since the last zero; returns the dump's path."""
+        run(["callgrind_control", "-d", str(self.proc.pid)], timeout=120)
+        self.dumps += 1
+        return f"{self.cg_out}.{self.dumps}"
+
+
+def requests_on(port, path, n):
+    """n GET requests on one keep-alive connection, each checked for 200."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for _ in range(n):
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"GET {path}: {r.status}")
+    finally:
+        c.close()
+
+
+def callgrind_costs(path):
+    """(total Ir, {object basename: self Ir}) of a callgrind dump."""
+    names, ob, skip = {}, "?", False
+    per, total = {}, None
+    for line in open(path):
+        if line.startswith("totals:") or line.startswith("summary:"):
+            total = int(line.split()[1])
+            continue
+        m = re.match(r"^c?ob=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if m:
+            if m.group(2) is not None:
+                names[m.group(1)] = os.path.basename(m.group(2))
+            if line.startswith("ob="):
+                ob = names.get(m.group(1), "?")
+            continue
+        if line.startswith("calls="):
+            skip = True     # the next cost line is the call's inclusive cost
+            continue
+        if line[:1].isdigit() or line[:1] in "+-*":
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2:
+                per[ob] = per.get(ob, 0) + int(parts[1])
+    return total, per
+
+
+# Where the instructions run, by object (self cost).
+HANDLER_OBJECTS = [("nginx", "nginx"), ("ngx_http_lua_module.so", "ngx_lua module"),
+                   ("libluajit-5.1.so.2.1.0", "LuaJIT interpreter and runtime"),
+                   ("???", "JIT-compiled traces"), ("libshmetrics.so", "libshmetrics"),
+                   ("libc.so.6", "libc")]
+
+
+def handler_conf_vars():
+    """LOCATIONS (one per variant) and FUNCTIONS (the fn_ variants' functions,
+    defined in init_by_lua) for nginx-test-conf/bench_handler.conf."""
+    locs, funcs = [], []
+    for name, code, _, _ in HANDLER_VARIANTS:
+        if code is None:
+            continue
+        if name.startswith("fn_"):
+            funcs.append(f"        handlers.{name} = function()\n"
+                         + "".join("            " + l + "\n" for l in code.splitlines()) + "        end")
+            code = f"handlers.{name}()\n"
+        body = "\n".join("                " + l for l in code.splitlines())
+        locs.append(f"        location = /{name} {{\n            return 200 \"ok\\n\";\n"
+                    f"            log_by_lua_block {{\n{body}\n            }}\n        }}")
+    return dict(LOCATIONS="\n".join(locs), FUNCTIONS="\n".join(funcs))
+
+
+def handler_run(rep):
+    n = CallgrindNginx("bench_handler", **handler_conf_vars())
+    try:
+        names = [v[0] for v in HANDLER_VARIANTS]
+        query = "?ns=wechat&model=gpt-4"
+        # Each run warms up (traces compiled, series created) and counts in its
+        # own order: which traces LuaJIT makes depends on what ran hot first.
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            requests_on(n.port, f"/{name}{query}", HANDLER_WARM)
+        out = {}
+        for name in order:
+            kib0 = float(n.get("/gc?collect=1", port=n.metrics_port))
+            n.zero()
+            requests_on(n.port, f"/{name}{query}", HANDLER_N)
+            dump = n.dump()
+            kib1 = float(n.get("/gc", port=n.metrics_port))
+            total, per = callgrind_costs(dump)
+            os.remove(dump)
+            out[name] = dict(ir=total / HANDLER_N, alloc=(kib1 - kib0) * 1024 / HANDLER_N,
+                             gc_ran=kib1 < kib0 or (kib1 - kib0) > kib0 * 0.9,
+                             per={k: v / HANDLER_N for k, v in per.items()})
+        body = n.get("/metrics", port=n.metrics_port)
+        m = re.search(r'^gateway_requests_total\{method="GET",path="/v1/chat/completions",namespace="wechat"\} (\d+)',
+                      body, re.M)
+        out["_counted"] = int(m.group(1)) if m else 0
+        bad, _ = n.log_problems()
+        if bad:
+            raise RuntimeError("errors in nginx error.log:\n" + "\n".join(bad[:10]))
+        return out
+    finally:
+        n.stop()
+
+
+def bench_handler():
+    if not shutil.which("callgrind_control"):
+        sys.exit("callgrind_control not found (valgrind installs it)")
+    with ThreadPoolExecutor(max_workers=max(1, len(ALL_CPUS))) as ex:
+        runs = list(ex.map(handler_run, range(HANDLER_RUNS)))
+    # gateway_requests_total{GET,/v1/chat/completions,wechat}: recorded once per
+    # request by each set, ten times by each x10 of the set (warm-up included).
+    per_req = {"set": 1, "set_x10": 10, "kids_x10": 10, "fn_set": 1, "fn_set_x10": 10, "fn_kids_x10": 10}
+    expect = sum(per_req.values()) * (HANDLER_WARM + HANDLER_N)
+    res = {"n": HANDLER_N, "warm": HANDLER_WARM, "runs": len(runs), "rows": [],
+           "counted": [r["_counted"] for r in runs], "expect_counted": expect}
+    for name, code, label, group in HANDLER_VARIANTS:
+        xs = [r[name]["ir"] for r in runs]
+        row = dict(v=name, label=label, group=group, ir=median(xs), lo=min(xs), hi=max(xs),
+                   alloc=median([r[name]["alloc"] for r in runs]),
+                   gc_ran=sum(r[name]["gc_ran"] for r in runs),
+                   per={o: median([r[name]["per"].get(o, 0) for r in runs]) for o, _ in HANDLER_OBJECTS})
+        row["over_none"] = median([r[name]["ir"] - r["none"]["ir"] for r in runs])
+        row["over_read"] = median([r[name]["ir"] - r["read"]["ir"] for r in runs])
+        row["over_lua"] = median([r[name]["ir"] - r["lua_empty"]["ir"] for r in runs])
+        res["rows"].append(row)
+    rows = {r["v"]: r for r in res["rows"]}
+
+    def per_copy(name, base, k=10):
+        return [(r[name]["ir"] - r[base]["ir"]) / k for r in runs]
+
+    for pre, base in (("", "read"), ("fn_", "fn_read")):
+        res[pre + "one_set"] = per_copy(pre + "set", base, 1)
+        res[pre + "set_per_copy"] = per_copy(pre + "set_x10", base)
+        res[pre + "kid_set_per_copy"] = per_copy(pre + "kids_x10", base)
+        res[pre + "stub_per_copy"] = per_copy(pre + "stub_x10", base)
+        res[pre + "inc"] = per_copy(pre + "inc_x10", base)
+        res[pre + "observe"] = per_copy(pre + "observe_x10", base)
+        res[pre + "observe_over_inc"] = median([o / i for o, i in zip(res[pre + "observe"], res[pre + "inc"])])
+    res["none_ir"] = rows["none"]["ir"]
+    return res
+
+
+def handler_tables(r):
+    """The tables of section 2c (handler shapes, per update, the handler's parts, by object)."""
+    rows = {x["v"]: x for x in r["rows"]}
+    none = r["none_ir"]
+    L = ["| variant | code in the block (interpreted) | min–max | code in a function the block calls (compiled) | min–max | bytes allocated/request (block / function) |",
+         "|---|---:|---:|---:|---:|---:|"]
+
+    def cell(v):
+        x = rows.get(v)
+        return ("–", "") if x is None else (fmt(x["ir"], 0), f"{fmt(x['lo'], 0)}–{fmt(x['hi'], 0)}")
+
+    def alloc(v):
+        x = rows.get(v)
+        return "–" if x is None else fmt(x["alloc"], 0)
+
+    L.append(f"| no Lua (**baseline**) | {fmt(none, 0)} | {fmt(rows['none']['lo'], 0)}–{fmt(rows['none']['hi'], 0)} | | | 0 |")
+    for v, label in (("empty", "an empty handler (`log_by_lua_block {}`; a block calling an empty function)"),
+                     ("read", "reading the label values (`ngx.var` ×4, one `tonumber`)"),
+                     ("set", "… + the gateway set (6 updates)"),
+                     ("set_x10", "… + the set written out 10 times"),
+                     ("kids_x10", "read + the set through children bound at start-up, ×10"),
+                     ("stub_x10", "read + the set's 6 calls and 3 label tables on methods that do nothing, ×10"),
+                     ("shdict", "read + the set as a shared-dict library does it (8 `DICT:incr`)")):
+        a = "lua_empty" if v == "empty" else v
+        b = "fn_" + v
+        ca, cb = cell(a), cell(b)
+        L.append(f"| {label} | {ca[0]} | {ca[1]} | {cb[0]} | {cb[1]} | {alloc(a)} / {alloc(b)} |")
+    L += ["", "Per update, from the same runs: (variant − read) / copies, median over the runs (min–max).", "",
+          "| per copy | in the block (interpreted) | in a function (compiled) |", "|---|---:|---:|"]
+
+    def stat(key):
+        xs = r.get(key)
+        if not xs:
+            return "–"
+        return f"{fmt(median(xs), 0)} ({fmt(min(xs), 0)}–{fmt(max(xs), 0)})"
+
+    for key, label in (("one_set", "one gateway set, written once (set − read)"),
+                       ("set_per_copy", "one gateway set, per copy of 10"),
+                       ("kid_set_per_copy", "one set through children, per copy of 10"),
+                       ("stub_per_copy", "the floor: 6 calls of a method that does nothing + 3 label tables, per copy"),
+                       ("inc", "`counter:inc(1, lv)`, 3 labels, per call"),
+                       ("observe", "`histogram:observe(dur, lv)`, 3 labels, per call")):
+        L.append(f"| {label} | {stat(key)} | {stat('fn_' + key)} |")
+    L.append(f"| observe ÷ inc | {ratio(r.get('observe_over_inc'), 2)} | {ratio(r.get('fn_observe_over_inc'), 2)} |")
+    L += ["", "Where a handler's instructions go: each part written 10 times into an otherwise empty handler,"
+          " (variant − empty handler) / 10; the phase entry against no Lua.", "",
+          "| part | instructions | bytes allocated |", "|---|---:|---:|"]
+    e, fe = rows["lua_empty"], rows["fn_empty"]
+    L.append(f"| ngx_lua's log phase entry and exit (empty `log_by_lua_block` − no Lua) | {fmt(e['ir'] - none, 0)} | {fmt(e['alloc'], 0)} |")
+    L.append(f"| a global lookup and a call of an empty Lua function from the block | {fmt(fe['ir'] - e['ir'], 0)} | |")
+    for v, base in (("var_method_x10", e), ("var_arg_x10", e), ("request_time_x10", e),
+                    ("get_method_x10", e), ("start_time_x10", e), ("tables_x10", e),
+                    ("fn_var_method_x10", fe), ("fn_request_time_x10", fe)):
+        x = rows[v]
+        where = "in a compiled function: " if v.startswith("fn_") else "in the block: "
+        L.append(f"| {where}{x['label'].replace(' ×10', '')} | {fmt((x['ir'] - base['ir']) / 10, 0)} | "
+                 f"{fmt((x['alloc'] - base['alloc']) / 10, 0)} |")
+    L += ["", "Self instructions per request by object (callgrind's `ob=`; `???` is LuaJIT's machine code):", "",
+          "| variant | " + " | ".join(lbl for _, lbl in HANDLER_OBJECTS) + " | total |",
+          "|---|" + "---:|" * (len(HANDLER_OBJECTS) + 1)]
+    for v in ("none", "lua_empty", "read", "set_x10", "fn_empty", "fn_read", "fn_set_x10"):
+        x = rows[v]
+        L.append(f"| `{v}` | " + " | ".join(fmt(x["per"].get(o, 0), 0) for o, _ in HANDLER_OBJECTS)
+                 + f" | {fmt(x['ir'], 0)} |")
     return "\n".join(L)
 
 
@@ -1140,6 +1551,18 @@ def targets_summary(res):
                  f"{fmt(sm['added_empty'], 0)} ns, {sm['added_empty'] / rows['none']['ns'] * 100:+.1f} %) | {mark(sm['added_pct'] <= 2)} |")
         L.append(f"| … and ≤ a fifth of what the shared-dict variant adds | {ratio(r['sm_over_sd'], 2)} | "
                  f"{mark(r['sm_over_sd'] is not None and r['sm_over_sd'] <= 0.2)} |")
+    if "handler" in res:
+        r = res["handler"]
+        lim = r["none_ir"] / 100
+        fn_set, in_set = median(r["fn_set_per_copy"]), median(r["set_per_copy"])
+        L.append(f"| one 6-update gateway set adds ≤ 1 % of a no-Lua request's instructions (≤ {fmt(lim, 0)}) |"
+                 f" compiled handler: {fmt(fn_set, 0)} per set ({fn_set / r['none_ir'] * 100:.1f} %);"
+                 f" code in the `log_by_lua_block` (interpreted): {fmt(in_set, 0)} ({in_set / r['none_ir'] * 100:.1f} %)"
+                 f" (section 2c) | {mark(fn_set <= lim and in_set <= lim)} |")
+        L.append(f"| `histogram:observe` with 3 labels ≤ 2× `counter:inc` in a handler | compiled:"
+                 f" {ratio(r['fn_observe_over_inc'], 2)} ({fmt(median(r['fn_observe']), 0)} against {fmt(median(r['fn_inc']), 0)});"
+                 f" interpreted block: {ratio(r['observe_over_inc'], 2)} ({fmt(median(r['observe']), 0)} against"
+                 f" {fmt(median(r['inc']), 0)}) | {mark(r['fn_observe_over_inc'] <= 2 and r['observe_over_inc'] <= 2)} |")
     if "scrape" in res:
         r = res["scrape"]
         for row in r["sizes"]:
@@ -1260,7 +1683,10 @@ def write_report(info, res, sections, elapsed):
               "| target | measured | |", "|---|---|---|"] + summary + [""] + BOUNDS
     if "ops" in res:
         r = res["ops"]
-        L += ["## 1. Per operation, inside an nginx worker (JIT on)", "",
+        L += ["## 1. Per operation, inside an nginx worker (JIT on): loop figures", "",
+              "**Loop figures**: each op runs in a tight loop that LuaJIT compiles as a whole, hoisting what it"
+              " can. A handler is not a loop: section 2c counts the same updates per request, as handlers make"
+              " them.", "",
               "`GET /op?name=<op>&n=<N>` runs the loop of `benches/ops.lua` for `<op>` N times inside the"
               " worker and answers ns/op, timed with `clock_gettime(CLOCK_MONOTONIC)` through the FFI around"
               " the whole loop (loop overhead included, as in the baselines). Every loop rotates through 4"
@@ -1285,7 +1711,7 @@ def write_report(info, res, sections, elapsed):
               "```", ""]
     if "callgrind" in res:
         r = res["callgrind"]
-        L += ["### Instructions per operation (callgrind, standalone LuaJIT)", "",
+        L += ["### Instructions per operation (callgrind, standalone LuaJIT): loop figures", "",
               "The same loops in `luajit` outside nginx (no `ngx.shared`, so no `DICT:incr` rows), counted by"
               " valgrind's callgrind: instructions/op = (Ir(N₂) − Ir(N₁)) / (N₂ − N₁), which cancels start-up,"
               f" JIT compilation and setup. N₁, N₂ = {r['n'][0]:,}, {r['n'][1]:,} ({r['new_n'][0]:,}, {r['new_n'][1]:,}"
@@ -1341,6 +1767,40 @@ def write_report(info, res, sections, elapsed):
               "Command:", "", "```sh", "scripts/bench.sh gateway",
               "# per variant: wrk -t1 -c8 -d1s -s post.lua 'http://127.0.0.1:$PORT/{plain,lua,gw}/v1/chat/completions'",
               "```", ""]
+    if "handler" in res:
+        r = res["handler"]
+        L += ["## 2c. Per request: instructions by handler shape (callgrind on nginx)", "",
+              "nginx runs as one process (`master_process off; daemon off;`) under valgrind's callgrind"
+              " (`--smc-check=all-non-file`, since LuaJIT writes machine code). Every variant is its own location"
+              " of `nginx-test-conf/bench_handler.conf` answering `return 200 \"ok\\n\"`, its code in `log_by_lua_block`"
+              " (code: `HANDLER_VARIANTS` in `benches/bench.py`). Per variant: a full garbage collection"
+              " (`GET /gc?collect=1`, so every count starts from the same collector state), `callgrind_control -z`,"
+              f" {r['n']:,} keep-alive requests (`?ns=wechat&model=gpt-4`), `callgrind_control -d`; instructions/request ="
+              f" the dump's total / {r['n']:,}. Each of {r['runs']} runs is a fresh nginx whose variants warm up"
+              f" ({r['warm']} requests each) and count in a rotated order, because which traces LuaJIT makes depends"
+              " on what ran hot first: the spread between runs is that choice. Medians over the runs, min–max."
+              " These counts do not depend on the machine's load (the fuzzer and the other helpers ran meanwhile);"
+              " times would.", "",
+              "Two places for the same code: **in the block** itself, and **in a function** defined at start-up that"
+              " the block calls (`handlers.<name>()`). A `log_by_lua` chunk is a vararg function, at which LuaJIT"
+              " never starts a trace: it runs in the interpreter, its `ngx.var` reads run resty.core's FFI code"
+              " interpreted (`var.lua:68 -- NYI: return to lower frame at ffi.string` when LuaJIT tries them alone),"
+              " its label tables are allocated, and each update method it calls runs as a trace of its own,"
+              " entered from the interpreter and returning to it. A plain function called from the block is"
+              " compiled whole: the reads, the updates and the label tables (sunk: never allocated) in one trace.", "",
+              handler_tables(r), "",
+              f"Check: `gateway_requests_total{{GET,…,wechat}}` counted {', '.join(f'{c:,}' for c in r['counted'])}"
+              f" per run, {r['expect_counted']:,} expected (every request of the variants that record it, warm-up included).", "",
+              "Commands:", "",
+              "```sh",
+              f"{env}scripts/bench.sh handler",
+              "# per run: valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file=$PREFIX/callgrind.out \\",
+              "#   nginx -p $PREFIX -c nginx-test-conf/bench_handler.conf (rendered) -g 'daemon off; master_process off;'",
+              "# then per variant:",
+              "curl http://127.0.0.1:$METRICS_PORT/gc?collect=1; callgrind_control -z $PID",
+              "# N keep-alive GETs of http://127.0.0.1:$PORT/<variant>?ns=wechat&model=gpt-4, then",
+              "callgrind_control -d $PID   # totals: line of $PREFIX/callgrind.out.<k>",
+              "```", ""] + HANDLER_NOTES
     if "scrape" in res:
         r = res["scrape"]
         L += ["## 3. Scrape", "",

@@ -10,7 +10,9 @@ local ngx = ngx
 
 local M = {}
 
+-- The metric objects (also for handler code written inline in nginx.conf).
 local m = {}
+M.m = m
 
 -- init_by_lua: the families (names and labels as the seed's catalog has them).
 function M.define(prometheus)

@@ -3,8 +3,8 @@
 # tests: a missed target is reported in BENCHMARKS.md, not as a failure; this
 # script fails only when a benchmark cannot run.
 #
-#   scripts/bench.sh                  every section (about 8 minutes)
-#   scripts/bench.sh ops scrape       some sections: ops callgrind request gateway scrape stall memory
+#   scripts/bench.sh                  every section (about 16 minutes; handler alone about 4)
+#   scripts/bench.sh ops scrape       some sections: ops callgrind request handler gateway scrape stall memory
 #   BENCH_QUICK=1 scripts/bench.sh    a smoke run: fewer, shorter runs (about 2 minutes)
 #
 # BENCHMARKS.md always holds the sections of the last run only. The driver is
