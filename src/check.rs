@@ -179,11 +179,8 @@ pub fn family_numbers_bad(rec: &FamilyRec) -> Option<String> {
     if rec.nlabels as usize > MAX_LABELS {
         return Some(format!("{} label names (at most {MAX_LABELS})", rec.nlabels));
     }
-    let bounds_ok = if rec.kind == KIND_HISTOGRAM {
-        (1..=MAX_BUCKETS as u32).contains(&rec.nbounds)
-    } else {
-        rec.nbounds == 0
-    };
+    let bounds_ok =
+        if rec.kind == KIND_HISTOGRAM { (1..=MAX_BUCKETS as u32).contains(&rec.nbounds) } else { rec.nbounds == 0 };
     if !bounds_ok {
         return Some(format!("{} bucket bounds for kind {}", rec.nbounds, rec.kind));
     }
@@ -272,9 +269,13 @@ impl Region {
         let bad = |why: String| self.corrupt(CORRUPT_FAMILY, fam, &format!("family record {fam}: {why}"));
         let name = match self.arena_copy(rec.name_off, rec.name_len) {
             // Not a self-metric's prefix either (refused at definition).
-            Some(n) if n.len() <= MAX_NAME_BYTES && expo::is_valid_metric_name(&n) && !n.starts_with(b"shmetrics_") => n,
+            Some(n) if n.len() <= MAX_NAME_BYTES && expo::is_valid_metric_name(&n) && !n.starts_with(b"shmetrics_") => {
+                n
+            }
             Some(_) => return Err(bad("its name is not a valid metric name".into())),
-            None => return Err(bad(format!("its name ({} bytes at {}) is outside the arena", rec.name_len, rec.name_off))),
+            None => {
+                return Err(bad(format!("its name ({} bytes at {}) is outside the arena", rec.name_len, rec.name_off)))
+            }
         };
         if rec.labels_off % 4 != 0 {
             return Err(bad(format!("label names at {} are not 4-aligned", rec.labels_off)));
@@ -361,7 +362,9 @@ impl Region {
         let mut msg = found.message.take()?;
         let more = std::mem::take(&mut found.pending).saturating_sub(1);
         if more > 0 {
-            msg.push_str(&format!(" ({more} more corrupt records found and skipped; see shmetrics_region_corrupt_total)"));
+            msg.push_str(&format!(
+                " ({more} more corrupt records found and skipped; see shmetrics_region_corrupt_total)"
+            ));
         }
         Some(msg)
     }
@@ -434,7 +437,14 @@ mod tests {
 
     fn histogram(r: &Region) -> u32 {
         let labels: [&[u8]; 1] = [b"route"];
-        let def = FamilyDef { kind: KIND_HISTOGRAM, name: b"lat", help: b"h", labels: &labels, bounds: &[0.1, 1.0], max_series: 0 };
+        let def = FamilyDef {
+            kind: KIND_HISTOGRAM,
+            name: b"lat",
+            help: b"h",
+            labels: &labels,
+            bounds: &[0.1, 1.0],
+            max_series: 0,
+        };
         r.define_family(&def).unwrap()
     }
 

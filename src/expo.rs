@@ -70,13 +70,7 @@ const TWO_POW_53: f64 = 9_007_199_254_740_992.0;
 /// `name` and `type_name` are written as given; `name` must already be valid
 /// (see [`is_valid_metric_name`]), `type_name` one of `counter`, `gauge`,
 /// `histogram`, `summary`, `untyped`.
-pub fn write_family_header(
-    out: &mut Vec<u8>,
-    fmt: Format,
-    name: &str,
-    help: &[u8],
-    type_name: &str,
-) {
+pub fn write_family_header(out: &mut Vec<u8>, fmt: Format, name: &str, help: &[u8], type_name: &str) {
     out.extend_from_slice(b"# HELP ");
     out.extend_from_slice(name.as_bytes());
     out.push(b' ');
@@ -216,9 +210,7 @@ pub fn is_valid_metric_name(name: &[u8]) -> bool {
     match name.split_first() {
         Some((&first, rest)) => {
             (first.is_ascii_alphabetic() || first == b'_' || first == b':')
-                && rest
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+                && rest.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
         }
         None => false,
     }
@@ -362,9 +354,7 @@ fn parse_small_int(s: &[u8]) -> i32 {
         Some((b'-', rest)) => (true, rest),
         _ => (false, s),
     };
-    let n = s
-        .iter()
-        .fold(0i32, |acc, &d| acc * 10 + i32::from(d - b'0'));
+    let n = s.iter().fold(0i32, |acc, &d| acc * 10 + i32::from(d - b'0'));
     if neg {
         -n
     } else {
@@ -422,9 +412,7 @@ mod tests {
         };
         let exp_ok = match exp {
             None => true,
-            Some(e) => {
-                (e.starts_with('+') || e.starts_with('-')) && e.len() >= 3 && digits(&e[1..])
-            }
+            Some(e) => (e.starts_with('+') || e.starts_with('-')) && e.len() >= 3 && digits(&e[1..]),
         };
         mantissa_ok && exp_ok
     }
@@ -445,10 +433,7 @@ mod tests {
     #[test]
     fn expo_content_type() {
         assert_eq!(Format::Text004.content_type(), CONTENT_TYPE_TEXT_004);
-        assert_eq!(
-            CONTENT_TYPE_TEXT_004,
-            "text/plain; version=0.0.4; charset=utf-8"
-        );
+        assert_eq!(CONTENT_TYPE_TEXT_004, "text/plain; version=0.0.4; charset=utf-8");
     }
 
     #[test]
@@ -499,13 +484,11 @@ mod tests {
     #[test]
     fn expo_le_default_buckets() {
         // nginx-lua-prometheus's default histogram buckets.
-        let bounds = [
-            0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
-            3.0, 4.0, 5.0, 10.0,
-        ];
+        let bounds =
+            [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0];
         let expected = [
-            "0.005", "0.01", "0.02", "0.03", "0.05", "0.075", "0.1", "0.2", "0.3", "0.4", "0.5",
-            "0.75", "1", "1.5", "2", "3", "4", "5", "10",
+            "0.005", "0.01", "0.02", "0.03", "0.05", "0.075", "0.1", "0.2", "0.3", "0.4", "0.5", "0.75", "1", "1.5",
+            "2", "3", "4", "5", "10",
         ];
         for (b, e) in bounds.iter().zip(expected) {
             assert_eq!(le(*b), e);
@@ -544,8 +527,7 @@ mod tests {
                 // Integers around the 2^53 switch-over.
                 2 => ((rng.next() >> 9) as f64 * if i % 8 == 2 { 1.0 } else { -4.0 }).to_bits(),
                 // Magnitudes around the %g switch-over at 1e-4 and 1e6.
-                _ => ((rng.next() >> 11) as f64 / (1u64 << 53) as f64 * 1e-3 * 10f64.powi(i % 13))
-                    .to_bits(),
+                _ => ((rng.next() >> 11) as f64 / (1u64 << 53) as f64 * 1e-3 * 10f64.powi(i % 13)).to_bits(),
             };
             let v = f64::from_bits(bits);
             for write in [write_value, write_le] {
@@ -586,10 +568,7 @@ mod tests {
         assert_eq!(label_value(b"a\xffb"), format!("a{fffd}b").as_bytes());
         // Truncated 3-byte sequence: one replacement for the maximal subpart.
         assert_eq!(label_value(b"x\xe2\x82"), format!("x{fffd}").as_bytes());
-        assert_eq!(
-            label_value(b"\xe2\x82\"q"),
-            format!("{fffd}\\\"q").as_bytes()
-        );
+        assert_eq!(label_value(b"\xe2\x82\"q"), format!("{fffd}\\\"q").as_bytes());
         // Overlong `/` (0xc0 0xaf): each byte is its own invalid sequence.
         assert_eq!(label_value(b"\xc0\xaf"), format!("{fffd}{fffd}").as_bytes());
         // Surrogate encoded in UTF-8 (CESU): invalid.
@@ -607,13 +586,9 @@ mod tests {
         let alphabet: &[u8] = b"a\\\"\n\0\xff\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\x80\xc0\xed\xa0";
         for _ in 0..5_000 {
             let len = (rng.next() % 24) as usize;
-            let raw: Vec<u8> = (0..len)
-                .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
-                .collect();
-            let expected = String::from_utf8_lossy(&raw)
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
+            let raw: Vec<u8> = (0..len).map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize]).collect();
+            let expected =
+                String::from_utf8_lossy(&raw).replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
             assert_eq!(label_value(&raw), expected.as_bytes(), "{raw:?}");
         }
     }
@@ -638,17 +613,8 @@ mod tests {
     #[test]
     fn expo_help_escaping() {
         let mut out = Vec::new();
-        write_family_header(
-            &mut out,
-            Format::Text004,
-            "m",
-            b"a \\ b \"q\"\nc\xffd",
-            "gauge",
-        );
-        assert_eq!(
-            out,
-            "# HELP m a \\\\ b \"q\"\\nc\u{FFFD}d\n# TYPE m gauge\n".as_bytes()
-        );
+        write_family_header(&mut out, Format::Text004, "m", b"a \\ b \"q\"\nc\xffd", "gauge");
+        assert_eq!(out, "# HELP m a \\\\ b \"q\"\\nc\u{FFFD}d\n# TYPE m gauge\n".as_bytes());
         out.clear();
         write_family_header(&mut out, Format::Text004, "m_total", b"", "counter");
         assert_eq!(out, b"# HELP m_total \n# TYPE m_total counter\n");
@@ -668,14 +634,7 @@ mod tests {
         write_sample(&mut out, "lat", "_bucket", b"", Some(("le", b"0.005")), 3.0);
         assert_eq!(out, b"lat_bucket{le=\"0.005\"} 3\n");
         out.clear();
-        write_sample(
-            &mut out,
-            "lat",
-            "_bucket",
-            b"a=\"b\",c=\"d\"",
-            Some(("le", b"+Inf")),
-            f64::NAN,
-        );
+        write_sample(&mut out, "lat", "_bucket", b"a=\"b\",c=\"d\"", Some(("le", b"+Inf")), f64::NAN);
         assert_eq!(out, b"lat_bucket{a=\"b\",c=\"d\",le=\"+Inf\"} NaN\n");
         out.clear();
         write_sample(&mut out, "g", "", b"", None, -0.0);
@@ -684,15 +643,7 @@ mod tests {
 
     #[test]
     fn expo_metric_names() {
-        for good in [
-            "a",
-            "_",
-            ":",
-            "http_requests_total",
-            "job:rate5m",
-            "A1_b2:c3",
-            "__name_ok",
-        ] {
+        for good in ["a", "_", ":", "http_requests_total", "job:rate5m", "A1_b2:c3", "__name_ok"] {
             assert!(is_valid_metric_name(good.as_bytes()), "{good}");
         }
         for bad in ["", "1a", "a-b", "a b", "a.b", "é", "a\0", "a{", "µs"] {

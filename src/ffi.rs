@@ -17,8 +17,8 @@ use std::path::Path;
 use crate::error::{self, Error};
 use crate::expo::Format;
 use crate::layout::{Params, KIND_HISTOGRAM, MAX_LABELS};
-use crate::region::{self, Opened, Region};
 use crate::offload::{self, Job, Poll};
+use crate::region::{self, Opened, Region};
 use crate::render::{Filter, Render};
 use crate::store;
 
@@ -136,8 +136,11 @@ unsafe fn byte_list<'a>(
         return Err(Error::invalid(format!("bad argument \"{arg}\": NULL")));
     }
     (0..n as usize)
-        // SAFETY: `i < n` entries in both arrays, each pointer to its length (caller contract).
-        .map(|i| unsafe { bytes(*ptrs.add(i), *lens.add(i)) }.ok_or_else(|| Error::invalid(format!("bad argument \"{arg}\": entry {} is NULL", i + 1))))
+        .map(|i| {
+            // SAFETY: `i < n` entries in both arrays, each pointer to its length (caller contract).
+            unsafe { bytes(*ptrs.add(i), *lens.add(i)) }
+                .ok_or_else(|| Error::invalid(format!("bad argument \"{arg}\": entry {} is NULL", i + 1)))
+        })
         .collect()
 }
 
@@ -270,9 +273,11 @@ pub unsafe extern "C" fn shmetrics_family(
             let replace = kind & SHMETRICS_FAMILY_REPLACE != 0;
             let kind = kind & !SHMETRICS_FAMILY_REPLACE;
             // SAFETY: caller contract: a pointer to `name_len` bytes.
-            let name = unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?;
+            let name =
+                unsafe { bytes(name, name_len) }.ok_or_else(|| Error::invalid("bad argument \"name\": NULL".into()))?;
             // SAFETY: caller contract: a pointer to `help_len` bytes.
-            let help = unsafe { bytes(help, help_len) }.ok_or_else(|| Error::invalid("bad argument \"help\": NULL".into()))?;
+            let help =
+                unsafe { bytes(help, help_len) }.ok_or_else(|| Error::invalid("bad argument \"help\": NULL".into()))?;
             if nlabels as usize > MAX_LABELS {
                 return Err(Error::invalid(format!(
                     "bad argument \"label_names\": {nlabels} labels; at most {MAX_LABELS}"
@@ -306,7 +311,11 @@ pub unsafe extern "C" fn shmetrics_family(
 /// # Safety
 /// `r` is a handle from `shmetrics_open`; `name`/`name_len` describe readable memory.
 #[no_mangle]
-pub unsafe extern "C" fn shmetrics_error_metric(r: *const shmetrics_region, name: *const c_char, name_len: usize) -> i32 {
+pub unsafe extern "C" fn shmetrics_error_metric(
+    r: *const shmetrics_region,
+    name: *const c_char,
+    name_len: usize,
+) -> i32 {
     guard(SHMETRICS_E_INTERNAL, || {
         let run = || -> Result<i32, Error> {
             // SAFETY: caller contract.
@@ -586,9 +595,7 @@ unsafe fn render_args(
     let filter = if n == 0 {
         Filter::all()
     } else if n > SHMETRICS_MAX_FILTER_NAMES || names.is_null() || lens.is_null() {
-        return Err(Error::invalid(format!(
-            "bad argument \"names\": NULL or more than {SHMETRICS_MAX_FILTER_NAMES}"
-        )));
+        return Err(Error::invalid(format!("bad argument \"names\": NULL or more than {SHMETRICS_MAX_FILTER_NAMES}")));
     } else {
         let mut v = Vec::with_capacity(n as usize);
         for i in 0..n as usize {
@@ -729,7 +736,11 @@ pub unsafe extern "C" fn shmetrics_render_start(
 /// # Safety
 /// `it` from `shmetrics_render_start`, not stopped; `chunk`/`len` valid.
 #[no_mangle]
-pub unsafe extern "C" fn shmetrics_render_poll(it: *mut shmetrics_render_job, chunk: *mut *const c_char, len: *mut usize) -> i32 {
+pub unsafe extern "C" fn shmetrics_render_poll(
+    it: *mut shmetrics_render_job,
+    chunk: *mut *const c_char,
+    len: *mut usize,
+) -> i32 {
     guard(SHMETRICS_E_INTERNAL, || {
         // SAFETY: caller contract.
         let Some(it) = (unsafe { it.as_mut() }) else {

@@ -325,7 +325,10 @@ impl Params {
             return Err(("max_label_bytes", format!("{} is not in 1..=1048576", p.max_label_bytes)));
         }
         if p.max_cells <= RESERVED_CELLS || p.max_cells >= SERIES_OVERFLOW {
-            return Err(("max_cells", format!("{} is not in {}..={}", p.max_cells, RESERVED_CELLS + 1, SERIES_OVERFLOW - 1)));
+            return Err((
+                "max_cells",
+                format!("{} is not in {}..={}", p.max_cells, RESERVED_CELLS + 1, SERIES_OVERFLOW - 1),
+            ));
         }
         if p.arena_bytes < 4096 || p.arena_bytes > u32::MAX as u64 {
             return Err(("arena_bytes", format!("{} is not in 4096..=4294967295", p.arena_bytes)));

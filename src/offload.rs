@@ -124,7 +124,8 @@ fn pool() -> Result<Arc<Pool>, String> {
     if let Some(stale) = slot.take() {
         std::mem::forget(stale);
     }
-    let p = Arc::new(Pool { pid, incoming: Mutex::new(Vec::new()), wake: Condvar::new(), dead: AtomicBool::new(false) });
+    let p =
+        Arc::new(Pool { pid, incoming: Mutex::new(Vec::new()), wake: Condvar::new(), dead: AtomicBool::new(false) });
     spawn(p.clone())?;
     *slot = Some(p.clone());
     Ok(p)
@@ -252,7 +253,8 @@ impl Job {
         let queue = Arc::new(Mutex::new(Queue::default()));
         // Relaxed: see live_jobs.
         LIVE.fetch_add(1, Ordering::Relaxed);
-        let task = Task { queue: queue.clone(), make: Some(make), render: None, hint: hint.max(1), depth: depth.max(1) };
+        let task =
+            Task { queue: queue.clone(), make: Some(make), render: None, hint: hint.max(1), depth: depth.max(1) };
         lock(&pool.incoming).push(task);
         pool.wake.notify_one();
         Ok(Job { queue, pool, current: Vec::new() })

@@ -77,9 +77,7 @@ static REGIONS: Mutex<Vec<&'static Region>> = Mutex::new(Vec::new());
 /// already (a reload must never reset the counts old workers are still adding to).
 pub fn open(path: &Path, params: Params, reset: bool) -> Result<(&'static Region, Opened), Error> {
     let params = params.resolved();
-    params
-        .check()
-        .map_err(|(arg, why)| Error::invalid(format!("bad option \"{arg}\": {why}")))?;
+    params.check().map_err(|(arg, why)| Error::invalid(format!("bad option \"{arg}\": {why}")))?;
     let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = regions.iter().find(|r| r.path == path) {
         if r.params != params {
@@ -219,10 +217,7 @@ fn map_file_unowned(path: &Path, params: Params, reset: bool) -> Result<(Region,
             match e.raw_os_error() {
                 Some(libc::ENOENT) => {}
                 Some(libc::ELOOP) => {
-                    return Err(Error::Io(format!(
-                        "\"{}\" is a symbolic link; refusing it",
-                        path.display()
-                    )))
+                    return Err(Error::Io(format!("\"{}\" is a symbolic link; refusing it", path.display())))
                 }
                 _ => return Err(Error::Io(format!("cannot open \"{}\": {e}", path.display()))),
             }
@@ -274,15 +269,7 @@ fn validate_existing(fd: libc::c_int, size: u64, params: &Params, off: &Offsets)
             return Err((origin, format!("{name} is {have} in the file, {want} in the configuration")));
         }
     }
-    let offs = [
-        u64_at(72),
-        u64_at(80),
-        u64_at(88),
-        u64_at(96),
-        u64_at(104),
-        u64_at(112),
-        u64_at(120),
-    ];
+    let offs = [u64_at(72), u64_at(80), u64_at(88), u64_at(96), u64_at(104), u64_at(112), u64_at(120)];
     let want_offs = [off.slots, off.families, off.family_index, off.series, off.series_index, off.arena, off.cells];
     if offs != want_offs || u32_at(44) != off.series_index_cap || u32_at(48) != off.family_index_cap {
         return Err((ORIGIN_BAD_FILE, "section offsets differ from this build's".to_string()));
@@ -364,16 +351,8 @@ fn no_room(path: &Path, params: &Params, fd: libc::c_int, e: std::io::Error) -> 
 
 fn mmap(fd: libc::c_int, len: usize, path: &Path) -> Result<*mut u8, Error> {
     // SAFETY: mapping `len` bytes of a file we checked is at least `len` long.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
+    let p =
+        unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
     if p == libc::MAP_FAILED {
         return Err(errno_msg("cannot map", path));
     }
@@ -399,13 +378,7 @@ type Made = (*mut u8, usize, libc::c_int, (u64, u64));
 
 /// Builds a new file next to `path` and renames it into place, so that a process
 /// opening `path` concurrently sees either the old file or a complete new one.
-fn create(
-    path: &Path,
-    c: &CString,
-    params: &Params,
-    off: &Offsets,
-    origin: u32,
-) -> Result<Made, Error> {
+fn create(path: &Path, c: &CString, params: &Params, off: &Offsets, origin: u32) -> Result<Made, Error> {
     let tmp = PathBuf::from(format!("{}.tmp.{}", path.display(), std::process::id()));
     let ctmp = cpath(&tmp)?;
     // SAFETY: valid NUL-terminated path; a stale temporary of ours may be removed.
@@ -479,10 +452,8 @@ fn create(
     h.off_series_index = off.series_index;
     h.off_arena = off.arena;
     h.off_cells = off.cells;
-    h.created_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    h.created_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     h.origin = origin;
     h.cells_used.store(RESERVED_CELLS, Ordering::Relaxed);
     // Magic last: a file without it is never attached.
@@ -859,7 +830,11 @@ impl Region {
         // SAFETY: the source range is inside the arena (checked above); `v` has
         // `len` bytes; a raw copy makes no promise that the bytes stay unchanged.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.base.add((self.off.arena + off as u64) as usize), v.as_mut_ptr(), v.len())
+            std::ptr::copy_nonoverlapping(
+                self.base.add((self.off.arena + off as u64) as usize),
+                v.as_mut_ptr(),
+                v.len(),
+            )
         };
         Some(v)
     }

@@ -145,7 +145,10 @@ impl Render {
                 let _ = region.corrupt(
                     CORRUPT_FAMILY,
                     fam,
-                    &format!("family record {fam}: another family already exposes \"{}\"", String::from_utf8_lossy(clash)),
+                    &format!(
+                        "family record {fam}: another family already exposes \"{}\"",
+                        String::from_utf8_lossy(clash)
+                    ),
                 );
                 continue;
             }
@@ -155,9 +158,8 @@ impl Render {
             order.extend_from_slice(list);
         }
         drop(scan);
-        let slots = (1..region.params.max_slots)
-            .filter(|&i| region.slot(i).owner.load(Ordering::Acquire) != 0)
-            .collect();
+        let slots =
+            (1..region.params.max_slots).filter(|&i| region.slot(i).owner.load(Ordering::Acquire) != 0).collect();
         Render {
             region,
             fmt,
@@ -314,7 +316,13 @@ impl Render {
             match view.kind {
                 KIND_COUNTER | KIND_GAUGE => {
                     // SAFETY: live_cell proved cell..cell + view.cells in range.
-                    let v = unsafe { if view.kind == KIND_COUNTER { self.sum(cell) } else { self.gauge_value(cell) } };
+                    let v = unsafe {
+                        if view.kind == KIND_COUNTER {
+                            self.sum(cell)
+                        } else {
+                            self.gauge_value(cell)
+                        }
+                    };
                     self.buf.extend_from_slice(b",\"value\":");
                     json::write_number(&mut self.buf, v);
                 }

@@ -82,9 +82,7 @@ fn show(b: &[u8]) -> String {
 fn bump_u32(counter: &AtomicU32, n: u32, limit: u32) -> Option<u32> {
     // Relaxed: the counter only hands out disjoint ranges; what is written into
     // a range is published later by the index CAS (Release).
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(n).filter(|&e| e <= limit))
-        .ok()
+    counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(n).filter(|&e| e <= limit)).ok()
 }
 
 /// Whether the process recorded in a slot's `owner` word still runs.
@@ -255,11 +253,7 @@ impl Region {
             self.reserve_slot(i)?;
             // AcqRel: Acquire so the previous owner's cell stores happen-before our
             // own read-modify-writes of them; Release publishes the claim.
-            let ok = self
-                .slot(i)
-                .owner
-                .compare_exchange(old, me, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok();
+            let ok = self.slot(i).owner.compare_exchange(old, me, Ordering::AcqRel, Ordering::Relaxed).is_ok();
             if ok {
                 self.slot(i).claims.fetch_add(1, Ordering::Relaxed);
                 self.my_slot.store((pid << 32) | i as u64, Ordering::Relaxed);
@@ -278,10 +272,7 @@ impl Region {
                 return Ok(i);
             }
         }
-        Err(Error::NoSlot(format!(
-            "all {} worker slots belong to live processes; raise max_slots",
-            n - 1
-        )))
+        Err(Error::NoSlot(format!("all {} worker slots belong to live processes; raise max_slots", n - 1)))
     }
 
     /// Slots by state: (live, dead, never used), slot 0 excluded.
@@ -467,7 +458,15 @@ impl Region {
     /// reports it as corrupt if not.
     fn family_entry_ok(&self, pos: u32, v: u32) -> bool {
         let used = &self.header().families_used;
-        self.index_entry_ok("family", used, self.params.max_families, self.off.family_index_cap, FAMILY_INDEX_TAG, pos, v)
+        self.index_entry_ok(
+            "family",
+            used,
+            self.params.max_families,
+            self.off.family_index_cap,
+            FAMILY_INDEX_TAG,
+            pos,
+            v,
+        )
     }
 
     /// The same for series index entries.
@@ -684,8 +683,9 @@ impl Region {
     fn build_family(&self, def: &FamilyDef, bounds: &[f64], hash: u32) -> Result<u32, Error> {
         let h = self.header();
         let full = || Error::Full("the arena is full; raise arena_bytes".to_string());
-        let id = bump_u32(&h.families_used, 1, self.params.max_families)
-            .ok_or_else(|| Error::Full(format!("all {} families are used; raise max_families", self.params.max_families)))?;
+        let id = bump_u32(&h.families_used, 1, self.params.max_families).ok_or_else(|| {
+            Error::Full(format!("all {} families are used; raise max_families", self.params.max_families))
+        })?;
         // The record may hold anything (an unused record of a corrupt file):
         // WRITING first, so that no reader takes it for a published one.
         // Relaxed: readers reach the record only through the index CAS
@@ -749,8 +749,9 @@ impl Region {
     /// family, complete.
     fn writable_family(&self, fam: u32) -> Result<&Family, Error> {
         match self.live_family(fam) {
-            Err(_) if fam < self.header().families_used.load(Ordering::Acquire).min(self.params.max_families)
-                && self.family(fam).state.load(Ordering::Acquire) == STATE_ORPHAN =>
+            Err(_)
+                if fam < self.header().families_used.load(Ordering::Acquire).min(self.params.max_families)
+                    && self.family(fam).state.load(Ordering::Acquire) == STATE_ORPHAN =>
             {
                 Ok(self.family(fam))
             }
@@ -776,11 +777,7 @@ impl Region {
 
     fn check_values(&self, rec: &FamilyRec, values: &[&[u8]]) -> Result<(), Error> {
         if values.len() != rec.nlabels as usize {
-            return Err(Error::LabelCount(format!(
-                "expected {} label values, got {}",
-                rec.nlabels,
-                values.len()
-            )));
+            return Err(Error::LabelCount(format!("expected {} label values, got {}", rec.nlabels, values.len())));
         }
         let max = self.params.max_label_bytes as usize;
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.len() > max) {
@@ -957,7 +954,10 @@ impl Region {
                 }
                 Err(other) => {
                     let oid = other - 1;
-                    if self.series_entry_ok(pos, other) && self.series_is(oid, fam, hash, values) && usable(&self.series(oid).state) {
+                    if self.series_entry_ok(pos, other)
+                        && self.series_is(oid, fam, hash, values)
+                        && usable(&self.series(oid).state)
+                    {
                         return theirs(oid);
                     }
                 }
@@ -971,7 +971,10 @@ impl Region {
                     budget += 1; // looked at again by the CAS above
                     break;
                 }
-                if self.series_entry_ok(pos, v) && self.series_is(v - 1, fam, hash, values) && usable(&self.series(v - 1).state) {
+                if self.series_entry_ok(pos, v)
+                    && self.series_is(v - 1, fam, hash, values)
+                    && usable(&self.series(v - 1).state)
+                {
                     return theirs(v - 1);
                 }
             }
@@ -999,9 +1002,8 @@ impl Region {
         if h.arena_used.load(Ordering::Relaxed) + key_len + 4 > self.params.arena_bytes {
             return Err(Error::Full("the arena is full; raise arena_bytes".to_string()));
         }
-        let id = bump_u32(&h.series_used, 1, self.params.max_series).ok_or_else(|| {
-            Error::Full(format!("all {} series are used; raise max_series", self.params.max_series))
-        })?;
+        let id = bump_u32(&h.series_used, 1, self.params.max_series)
+            .ok_or_else(|| Error::Full(format!("all {} series are used; raise max_series", self.params.max_series)))?;
         let s = self.series(id);
         // The record may hold anything (an unused record of a corrupt file):
         // WRITING first, so that no reader takes it for a published one.
@@ -1024,7 +1026,11 @@ impl Region {
         // cells that are not a series'.
         if !cells_in_range(cell, ncells, self.params.max_cells) {
             s.state.store(STATE_ORPHAN, Ordering::Release);
-            return Err(self.corrupt(CORRUPT_HEADER, 0, &format!("cells_used handed out cell {cell}, a reserved cell")));
+            return Err(self.corrupt(
+                CORRUPT_HEADER,
+                0,
+                &format!("cells_used handed out cell {cell}, a reserved cell"),
+            ));
         }
         let p = self.series_ptr(id);
         // SAFETY: `p` comes from the mapping's base (writable) and is in bounds;

@@ -56,9 +56,7 @@ fn opts(max_series: u32, max_slots: u32) -> shmetrics_options {
 fn open_with(path: &[u8], o: Option<&shmetrics_options>) -> (i32, R) {
     let mut out: R = null();
     // SAFETY: `path` is a live slice; `o` NULL or a valid struct; `out` valid.
-    let rc = unsafe {
-        shmetrics_open(path.as_ptr().cast(), path.len(), o.map_or(null(), |o| o as *const _), &mut out)
-    };
+    let rc = unsafe { shmetrics_open(path.as_ptr().cast(), path.len(), o.map_or(null(), |o| o as *const _), &mut out) };
     (rc, out)
 }
 
@@ -101,7 +99,8 @@ fn family_help(r: R, kind: u32, name: &str, help: &str, labels: &[&str], bounds:
             if labels.is_empty() { null() } else { lens.as_ptr() },
             labels.len() as u32,
             if bounds.is_empty() { null() } else { bounds.as_ptr() },
-            bounds.len() as u32, 0,
+            bounds.len() as u32,
+            0,
         )
     }
 }
@@ -304,12 +303,27 @@ fn open_refuses_bad_options_naming_the_option() {
         (opts(100, 1), "bad option \"max_slots\": 1 is not in 2..=4095"),
         (opts(100, 5000), "bad option \"max_slots\": 5000 is not in 2..=4095"),
         (opts((1 << 28) + 1, 8), "bad option \"max_series\": 268435457 is not in 1..=268435456"),
-        (shmetrics_options { max_families: (1 << 20) + 1, ..opts(100, 8) }, "bad option \"max_families\": 1048577 is not in 1..=1048576"),
-        (shmetrics_options { max_label_bytes: (1 << 20) + 1, ..opts(100, 8) }, "bad option \"max_label_bytes\": 1048577 is not in 1..=1048576"),
+        (
+            shmetrics_options { max_families: (1 << 20) + 1, ..opts(100, 8) },
+            "bad option \"max_families\": 1048577 is not in 1..=1048576",
+        ),
+        (
+            shmetrics_options { max_label_bytes: (1 << 20) + 1, ..opts(100, 8) },
+            "bad option \"max_label_bytes\": 1048577 is not in 1..=1048576",
+        ),
         (shmetrics_options { max_cells: 32, ..opts(100, 8) }, "bad option \"max_cells\": 32 is not in 33..=1073741823"),
-        (shmetrics_options { max_cells: 1 << 30, ..opts(100, 8) }, "bad option \"max_cells\": 1073741824 is not in 33..=1073741823"),
-        (shmetrics_options { arena_bytes: 100, ..opts(100, 8) }, "bad option \"arena_bytes\": 100 is not in 4096..=4294967295"),
-        (shmetrics_options { arena_bytes: 1 << 32, ..opts(100, 8) }, "bad option \"arena_bytes\": 4294967296 is not in 4096..=4294967295"),
+        (
+            shmetrics_options { max_cells: 1 << 30, ..opts(100, 8) },
+            "bad option \"max_cells\": 1073741824 is not in 33..=1073741823",
+        ),
+        (
+            shmetrics_options { arena_bytes: 100, ..opts(100, 8) },
+            "bad option \"arena_bytes\": 100 is not in 4096..=4294967295",
+        ),
+        (
+            shmetrics_options { arena_bytes: 1 << 32, ..opts(100, 8) },
+            "bad option \"arena_bytes\": 4294967296 is not in 4096..=4294967295",
+        ),
     ];
     for (o, msg) in cases {
         let (rc, r) = open_with(shm.bytes(), Some(&o));
@@ -415,7 +429,8 @@ fn family_null_pointers_are_refused() {
     let null_entry: *const c_char = null();
     // SAFETY (all calls): pointers are NULL or live; the function must refuse NULLs.
     unsafe {
-        let rc = shmetrics_family(null(), 0, name.as_ptr().cast(), name.len(), null(), 0, null(), null(), 0, null(), 0, 0);
+        let rc =
+            shmetrics_family(null(), 0, name.as_ptr().cast(), name.len(), null(), 0, null(), null(), 0, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"region\": NULL"));
         let rc = shmetrics_family(r, 0, null(), 5, null(), 0, null(), null(), 0, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"name\": NULL"));
@@ -427,7 +442,8 @@ fn family_null_pointers_are_refused() {
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"label_names\": NULL"));
         let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &null_entry, &ll, 1, null(), 0, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"label_names\": entry 1 is NULL"));
-        let rc = shmetrics_family(r, KIND_HISTOGRAM, "h".as_ptr().cast(), 1, null(), 0, null(), null(), 0, null(), 3, 0);
+        let rc =
+            shmetrics_family(r, KIND_HISTOGRAM, "h".as_ptr().cast(), 1, null(), 0, null(), null(), 0, null(), 3, 0);
         assert_eq!((rc, last_error().as_str()), (SHMETRICS_E_INVALID, "bad argument \"buckets\": NULL or too many"));
         // NULL help with length 0 is an empty help; it works.
         let rc = shmetrics_family(r, 0, name.as_ptr().cast(), name.len(), null(), 0, &lp, &ll, 1, null(), 0, 0);
@@ -520,7 +536,10 @@ fn redefinition_same_returns_id_different_conflicts() {
     assert_eq!(family_help(r, KIND_COUNTER, "c_total", "New help.", &["a", "b"], &[]), c);
     assert!(series(r, c as u32, &[b"1", b"2"]) >= 0);
     let body = render(r, usize::MAX);
-    assert!(body.starts_with("# HELP c_total New help.\n# TYPE c_total counter\nc_total{a=\"1\",b=\"2\"} 0\n"), "{body}");
+    assert!(
+        body.starts_with("# HELP c_total New help.\n# TYPE c_total counter\nc_total{a=\"1\",b=\"2\"} 0\n"),
+        "{body}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -748,7 +767,10 @@ fn render_null_arguments_are_refused() {
     let mut len = 0usize;
     // SAFETY (all calls): NULLs must be refused; `it` is closed once.
     unsafe {
-        assert_eq!(shmetrics_render_open(null(), SHMETRICS_FORMAT_TEXT, null(), null(), 0, &mut it), SHMETRICS_E_INVALID);
+        assert_eq!(
+            shmetrics_render_open(null(), SHMETRICS_FORMAT_TEXT, null(), null(), 0, &mut it),
+            SHMETRICS_E_INVALID
+        );
         assert_eq!(last_error(), "bad argument \"region\": NULL");
         assert_eq!(shmetrics_render_open(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, null_mut()), SHMETRICS_E_INVALID);
         assert_eq!(last_error(), "bad argument \"out\": NULL");
@@ -851,13 +873,22 @@ fn render_thread_gives_the_same_body_and_refuses_bad_arguments() {
     // SAFETY (all calls): NULLs and bad values must be refused; `it` is stopped once.
     unsafe {
         for depth in [0, SHMETRICS_RENDER_MAX_DEPTH + 1] {
-            assert_eq!(shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, depth, &mut it), SHMETRICS_E_INVALID);
+            assert_eq!(
+                shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, depth, &mut it),
+                SHMETRICS_E_INVALID
+            );
             assert_eq!(last_error(), format!("bad argument \"depth\": {depth}; 1 to {SHMETRICS_RENDER_MAX_DEPTH}"));
         }
-        assert_eq!(shmetrics_render_start(null(), SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, 2, &mut it), SHMETRICS_E_INVALID);
+        assert_eq!(
+            shmetrics_render_start(null(), SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, 2, &mut it),
+            SHMETRICS_E_INVALID
+        );
         assert_eq!(last_error(), "bad argument \"region\": NULL");
         assert_eq!(shmetrics_render_start(r, 3, null(), null(), 0, 100, 2, &mut it), SHMETRICS_E_INVALID);
-        assert_eq!(shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, 2, null_mut()), SHMETRICS_E_INVALID);
+        assert_eq!(
+            shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 100, 2, null_mut()),
+            SHMETRICS_E_INVALID
+        );
         assert!(it.is_null());
         assert_eq!(shmetrics_render_poll(null_mut(), &mut chunk, &mut len), SHMETRICS_E_INVALID);
         shmetrics_render_stop(null_mut());

@@ -31,13 +31,21 @@ impl Sabotage {
     fn new(test: &str) -> Sabotage {
         let path = PathBuf::from(format!("/dev/shm/shmetrics-ct-{test}-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let p = Params { max_series: 64, max_families: 8, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
+        let p =
+            Params { max_series: 64, max_families: 8, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
         let (r, _) = region::open(&path, p, false).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let len = file.metadata().unwrap().len() as usize;
         // SAFETY: a shared mapping of a file we opened read-write, `len` bytes long.
         let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(base, libc::MAP_FAILED);
         Sabotage { path, r, base: base.cast(), len }
@@ -111,11 +119,8 @@ fn populated(s: &Sabotage) -> (u32, u32, [u32; 3]) {
     let r = s.r;
     let h = define(r, KIND_HISTOGRAM, "lat_seconds", &["route"], &[0.1, 1.0]).unwrap();
     let c = define(r, KIND_COUNTER, "req_total", &["route"], &[]).unwrap();
-    let cells = [
-        r.series_cell(h, &[b"/a"]).unwrap(),
-        r.series_cell(h, &[b"/b"]).unwrap(),
-        r.series_cell(c, &[b"/a"]).unwrap(),
-    ];
+    let cells =
+        [r.series_cell(h, &[b"/a"]).unwrap(), r.series_cell(h, &[b"/b"]).unwrap(), r.series_cell(c, &[b"/a"]).unwrap()];
     let slot = r.claim_slot().unwrap();
     // SAFETY: our own slot; the cells were returned for histograms with bounds [0.1, 1].
     unsafe {
@@ -233,7 +238,10 @@ fn index_entries_past_the_used_counts_are_stepped_over_and_counted() {
     assert_eq!(s.r.series_cell(h, &[b"/a"]).unwrap(), cells[0]);
     // A new one cannot be placed: a corrupt file, not "full".
     let e = s.r.series_cell(h, &[b"/new"]).unwrap_err();
-    s.assert_corrupt_error(&e, &format!("the series index (128 entries) has no free entry, yet {used} series are used (at most 64)"));
+    s.assert_corrupt_error(
+        &e,
+        &format!("the series index (128 entries) has no free entry, yet {used} series are used (at most 64)"),
+    );
     assert!(s.corrupt_total("index") >= 2.0, "the bad entries met and the full index are counted");
     // The family index full of garbage: a definition says corrupt, naming the fix.
     for i in 0..s.r.off.family_index_cap {

@@ -30,9 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use shmetrics::expo::{
-    write_body_end, write_family_header, write_label_pairs, write_le, write_sample, Format,
-};
+use shmetrics::expo::{write_body_end, write_family_header, write_label_pairs, write_le, write_sample, Format};
 
 type LabelSet = Vec<(String, String)>;
 type FloatCounter = Counter<f64, AtomicU64>;
@@ -157,10 +155,7 @@ fn model() -> Vec<FamilySpec> {
             label_names: &["route"],
             bounds: HIST_BOUNDS,
             series: vec![
-                (
-                    vec![b"/api"],
-                    Histogram(vec![0.003, 0.005, 0.04, 0.7, 12.0, 1e7, 2.5, 0.1]),
-                ),
+                (vec![b"/api"], Histogram(vec![0.003, 0.005, 0.04, 0.7, 12.0, 1e7, 2.5, 0.1])),
                 (vec![b"/static\"\\"], Histogram(vec![0.0, 1e-10])),
                 (vec![b"/never"], Histogram(vec![])),
                 (vec![b"/nan"], Histogram(vec![f64::NAN, 1.0])),
@@ -177,11 +172,7 @@ fn model() -> Vec<FamilySpec> {
 }
 
 fn lossy_label_set(names: &[&str], values: &[&[u8]]) -> LabelSet {
-    names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned()))
-        .collect()
+    names.iter().zip(values).map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned())).collect()
 }
 
 fn record_counter(c: &Counter, incs: &[u64]) {
@@ -236,9 +227,7 @@ fn render_reference(model: &[FamilySpec]) -> String {
             "counter" if matches!(fam.series[0].1, Data::IntCounter(_)) => {
                 let f = Family::<LabelSet, Counter>::default();
                 for (values, data) in &fam.series {
-                    let Data::IntCounter(incs) = data else {
-                        unreachable!()
-                    };
+                    let Data::IntCounter(incs) = data else { unreachable!() };
                     record_counter(&f.get_or_create(&lossy_label_set(names, values)), incs);
                 }
                 registry.register(fam.name, fam.help, f);
@@ -246,9 +235,7 @@ fn render_reference(model: &[FamilySpec]) -> String {
             "counter" => {
                 let f = Family::<LabelSet, FloatCounter>::default();
                 for (values, data) in &fam.series {
-                    let Data::FloatCounter(incs) = data else {
-                        unreachable!()
-                    };
+                    let Data::FloatCounter(incs) = data else { unreachable!() };
                     record_float_counter(&f.get_or_create(&lossy_label_set(names, values)), incs);
                 }
                 registry.register(fam.name, fam.help, f);
@@ -267,9 +254,7 @@ fn render_reference(model: &[FamilySpec]) -> String {
                     Histogram::new(bounds.iter().copied())
                 });
                 for (values, data) in &fam.series {
-                    let Data::Histogram(obs) = data else {
-                        unreachable!()
-                    };
+                    let Data::Histogram(obs) = data else { unreachable!() };
                     record_histogram(&f.get_or_create(&lossy_label_set(names, values)), obs);
                 }
                 registry.register(fam.name, fam.help, f);
@@ -290,13 +275,7 @@ fn render_ours(model: &[FamilySpec]) -> Vec<u8> {
     for fam in model {
         let name = fam.exposed_name();
         let help = format!("{}.", fam.help);
-        write_family_header(
-            &mut out,
-            Format::Text004,
-            &name,
-            help.as_bytes(),
-            fam.type_name(),
-        );
+        write_family_header(&mut out, Format::Text004, &name, help.as_bytes(), fam.type_name());
         for (values, data) in &fam.series {
             labels.clear();
             write_label_pairs(&mut labels, fam.label_names, values);
@@ -346,11 +325,7 @@ struct Sample {
 impl Sample {
     /// The series identity: labels without `le`.
     fn series_key(&self) -> Vec<(String, String)> {
-        self.labels
-            .iter()
-            .filter(|(n, _)| n != "le")
-            .cloned()
-            .collect()
+        self.labels.iter().filter(|(n, _)| n != "le").cloned().collect()
     }
 }
 
@@ -406,12 +381,7 @@ fn parse_sample(line: &str) -> Sample {
         }
     }
     let value_text = rest.strip_prefix(' ').expect("no space before value");
-    Sample {
-        name,
-        labels,
-        value: parse_value(value_text),
-        value_text: value_text.to_owned(),
-    }
+    Sample { name, labels, value: parse_value(value_text), value_text: value_text.to_owned() }
 }
 
 fn parse_body(text: &str) -> Vec<ParsedFamily> {
@@ -486,8 +456,8 @@ fn expo_le_matches_prometheus_client_go_float() {
         .chain(linear_buckets(0.005, 0.005, 200))
         .chain(linear_buckets(-100.0, 0.1, 2000))
         .chain([
-            0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
-            3.0, 4.0, 5.0, 10.0, 1e6, 999_999.0, 1e-4, 9.99e-5, 5e-324, 1e300,
+            0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0,
+            1e6, 999_999.0, 1e-4, 9.99e-5, 5e-324, 1e300,
         ])
         .collect();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -509,11 +479,8 @@ fn expo_le_matches_prometheus_client_go_float() {
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry).unwrap();
 
-    let reference_les: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with("h_bucket"))
-        .map(|l| parse_sample(l).labels[0].1.clone())
-        .collect();
+    let reference_les: Vec<String> =
+        text.lines().filter(|l| l.starts_with("h_bucket")).map(|l| parse_sample(l).labels[0].1.clone()).collect();
     assert_eq!(reference_les.len(), bounds.len() + 1);
     assert_eq!(reference_les.last().unwrap(), "+Inf");
 
@@ -533,11 +500,7 @@ fn expo_le_matches_prometheus_client_go_float() {
             assert_eq!(ours.len(), expected.len(), "bound {bound:?}");
             let (o, e) = (ours.as_bytes(), expected.as_bytes());
             let at = o.iter().zip(e).take_while(|(a, b)| a == b).count();
-            assert_eq!(
-                o[at + 1..],
-                e[at + 1..],
-                "more than one digit differs: {ours} vs {expected}"
-            );
+            assert_eq!(o[at + 1..], e[at + 1..], "more than one digit differs: {ours} vs {expected}");
             assert_eq!(o[at] % 2, 0, "ours is not the even digit: {ours}");
             let ours_back: f64 = ours.parse().unwrap();
             let expected_back: f64 = expected.parse().unwrap();
@@ -545,18 +508,12 @@ fn expo_le_matches_prometheus_client_go_float() {
             assert_eq!(expected_back.to_bits(), bound.to_bits(), "{expected}");
         }
     }
-    assert!(
-        ties * 100 < bounds.len(),
-        "{ties} ties out of {}",
-        bounds.len()
-    );
+    assert!(ties * 100 < bounds.len(), "{ties} ties out of {}", bounds.len());
 }
 
 fn find_promtool() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("promtool"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join("promtool")).find(|p| p.is_file())
 }
 
 /// Pipes `body` into `promtool check metrics`; returns (exit code, output).
@@ -572,11 +529,7 @@ fn promtool_check(promtool: &std::path::Path, body: Vec<u8>) -> (i32, String) {
     let writer = std::thread::spawn(move || stdin.write_all(&body));
     let output = child.wait_with_output().expect("wait for promtool");
     writer.join().unwrap().expect("write body to promtool");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.code().unwrap_or(-1), text)
 }
 
@@ -615,23 +568,10 @@ fn nasty_body() -> Vec<u8> {
     for (i, v) in values.iter().enumerate() {
         labels.clear();
         write_label_pairs(&mut labels, &["value", "i"], &[v, i.to_string().as_bytes()]);
-        write_sample(
-            &mut out,
-            "nasty_requests_total",
-            "",
-            &labels,
-            None,
-            i as f64,
-        );
+        write_sample(&mut out, "nasty_requests_total", "", &labels, None, i as f64);
     }
 
-    write_family_header(
-        &mut out,
-        Format::Text004,
-        "nasty_values",
-        b"Special values.",
-        "gauge",
-    );
+    write_family_header(&mut out, Format::Text004, "nasty_values", b"Special values.", "gauge");
     let specials = [
         f64::NAN,
         f64::INFINITY,
@@ -649,13 +589,7 @@ fn nasty_body() -> Vec<u8> {
         write_label_pairs(&mut labels, &["i"], &[i.to_string().as_bytes()]);
         write_sample(&mut out, "nasty_values", "", &labels, None, *v);
     }
-    write_family_header(
-        &mut out,
-        Format::Text004,
-        "nasty_unlabelled",
-        b"No labels.",
-        "gauge",
-    );
+    write_family_header(&mut out, Format::Text004, "nasty_unlabelled", b"No labels.", "gauge");
     write_sample(&mut out, "nasty_unlabelled", "", b"", None, 1.0);
 
     write_family_header(
@@ -694,31 +628,10 @@ fn nasty_body() -> Vec<u8> {
             le.clear();
             write_le(&mut le, *bound);
             let extra = Some(("le", le.as_slice()));
-            write_sample(
-                &mut out,
-                "nasty_duration_seconds",
-                "_bucket",
-                &labels,
-                extra,
-                n as f64,
-            );
+            write_sample(&mut out, "nasty_duration_seconds", "_bucket", &labels, extra, n as f64);
         }
-        write_sample(
-            &mut out,
-            "nasty_duration_seconds",
-            "_sum",
-            &labels,
-            None,
-            12.5,
-        );
-        write_sample(
-            &mut out,
-            "nasty_duration_seconds",
-            "_count",
-            &labels,
-            None,
-            19.0,
-        );
+        write_sample(&mut out, "nasty_duration_seconds", "_sum", &labels, None, 12.5);
+        write_sample(&mut out, "nasty_duration_seconds", "_count", &labels, None, 19.0);
     }
     write_body_end(&mut out, Format::Text004);
     out
@@ -733,10 +646,8 @@ fn expo_promtool_accepts_nasty_output() {
 
     // Sanity: promtool really parses stdin (a raw invalid UTF-8 label value
     // is a parse error).
-    let (code, text) = promtool_check(
-        &promtool,
-        b"# HELP x_total h\n# TYPE x_total counter\nx_total{a=\"\xff\"} 1\n".to_vec(),
-    );
+    let (code, text) =
+        promtool_check(&promtool, b"# HELP x_total h\n# TYPE x_total counter\nx_total{a=\"\xff\"} 1\n".to_vec());
     assert_ne!(code, 0, "promtool accepted invalid UTF-8: {text}");
 
     let body = nasty_body();

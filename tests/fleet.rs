@@ -52,7 +52,8 @@ const HOSTS: [&str; 3] = ["gw-a", "gw-b", "gw-c"];
 const CHAT: &str = "/v1/chat/completions";
 const EMBED: &str = "/v1/embeddings";
 /// USD per million tokens, as examples/fleet/gateway.conf sets them.
-const PRICES: &[(&str, f64, f64)] = &[("gpt-4o", 2.5, 10.0), ("gpt-4o-mini", 0.15, 0.6), ("text-embedding-3-small", 0.02, 0.0)];
+const PRICES: &[(&str, f64, f64)] =
+    &[("gpt-4o", 2.5, 10.0), ("gpt-4o-mini", 0.15, 0.6), ("text-embedding-3-small", 0.02, 0.0)];
 
 fn fleet_dir() -> PathBuf {
     repo_dir().join("examples").join("fleet")
@@ -97,7 +98,11 @@ fn body(k: &Kind) -> String {
     if k.route == EMBED {
         format!(r#"{{"model":"{}","input":"the quick brown fox"}}"#, k.model)
     } else {
-        format!(r#"{{"model":"{}","max_tokens":{},"messages":[{{"role":"user","content":"Hello"}}]}}"#, k.model, max_tokens(k))
+        format!(
+            r#"{{"model":"{}","max_tokens":{},"messages":[{{"role":"user","content":"Hello"}}]}}"#,
+            k.model,
+            max_tokens(k)
+        )
     }
 }
 
@@ -131,7 +136,10 @@ fn namespace(k: &Kind) -> &'static str {
 /// One POST on a fresh connection (`Connection: close`); returns the status.
 fn post(port: u16, k: &Kind) -> u16 {
     let body = body(k);
-    let mut req = format!("POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n", k.route);
+    let mut req = format!(
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n",
+        k.route
+    );
     if let Some(ns) = k.ns {
         req.push_str(&format!("X-Namespace: {ns}\r\n"));
     }
@@ -149,7 +157,10 @@ fn post(port: u16, k: &Kind) -> u16 {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("POST {}: {e}", k.route));
     let head = String::from_utf8_lossy(&raw);
-    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("POST {}: bad answer {head:?}", k.route))
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("POST {}: bad answer {head:?}", k.route))
 }
 
 /// Sends one round to every host, the slow requests in parallel; checks every status.
@@ -303,7 +314,10 @@ struct Victoria {
 
 impl Victoria {
     fn start(dir: &Path) -> Victoria {
-        assert!(Path::new(VICTORIA).is_file(), "{VICTORIA} not found: install Debian's victoria-metrics package (`make deps`)");
+        assert!(
+            Path::new(VICTORIA).is_file(),
+            "{VICTORIA} not found: install Debian's victoria-metrics package (`make deps`)"
+        );
         let port = free_port();
         let log = fs::File::create(dir.join("victoria.log")).unwrap();
         let mut cmd = Command::new(VICTORIA);
@@ -379,10 +393,15 @@ impl Servers<'_> {
     fn check(&self, expr: &str, keys: &[&str], want: &Answer, tol: Tolerance, at: Option<i64>) -> (Answer, Answer) {
         let matches = |got: &Answer, rel: f64| {
             got.len() == want.len()
-                && got.iter().zip(want).all(|((gk, gv), (wk, wv))| gk == wk && (gv == wv || (gv - wv).abs() <= rel * wv.abs()))
+                && got
+                    .iter()
+                    .zip(want)
+                    .all(|((gk, gv), (wk, wv))| gk == wk && (gv == wv || (gv - wv).abs() <= rel * wv.abs()))
         };
         let mut out = Vec::new();
-        for (server, port, rel) in [("prometheus", self.prom.port, tol.prometheus), ("victoria-metrics", self.vm.port, tol.victoria)] {
+        for (server, port, rel) in
+            [("prometheus", self.prom.port, tol.prometheus), ("victoria-metrics", self.vm.port, tol.victoria)]
+        {
             let got = poll(WAIT, &format!("{server}: {expr} == {want:?} (relative {rel:e})"), || {
                 let got = self.ask(port, expr, keys, at)?;
                 if matches(&got, rel) {
@@ -427,7 +446,10 @@ const INTERPOLATED: Tolerance = Tolerance { prometheus: 0.0, victoria: 1e-14 };
 const SUMMED: Tolerance = Tolerance { prometheus: 1e-12, victoria: 1e-11 };
 
 fn show(a: &Answer) -> String {
-    a.iter().map(|(k, v)| if k.is_empty() { format!("{v}") } else { format!("{}={v}", k.join(",")) }).collect::<Vec<_>>().join("  ")
+    a.iter()
+        .map(|(k, v)| if k.is_empty() { format!("{v}") } else { format!("{}={v}", k.join(",")) })
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 /// Expected values as an answer, zeros left out.
@@ -446,9 +468,16 @@ fn check_figures(s: &Servers, e: &Expected) {
     s.check_value("sum(fleet:http_requests:sum)", e.total, EXACT);
 
     let tokens = keyed(e.ns_tokens.iter().map(|((n, t), v)| (vec![n.clone(), t.clone()], *v)));
-    s.check("sum by (namespace, token_type) (namespace_tokens_total) > 0", &["namespace", "token_type"], &tokens, EXACT, None);
+    s.check(
+        "sum by (namespace, token_type) (namespace_tokens_total) > 0",
+        &["namespace", "token_type"],
+        &tokens,
+        EXACT,
+        None,
+    );
     s.check("namespace_token_type:namespace_tokens:sum > 0", &["namespace", "token_type"], &tokens, EXACT, None);
-    let by = |f: fn(&(f64, f64, f64)) -> f64| keyed(e.ns_model.iter().map(|((n, m), v)| (vec![n.clone(), m.clone()], f(v))));
+    let by =
+        |f: fn(&(f64, f64, f64)) -> f64| keyed(e.ns_model.iter().map(|((n, m), v)| (vec![n.clone(), m.clone()], f(v))));
     let nm = ["namespace", "model"];
     s.check("sum by (namespace, model) (model_tokens_input_total) > 0", &nm, &by(|v| v.0), EXACT, None);
     s.check("sum by (namespace, model) (model_tokens_output_total) > 0", &nm, &by(|v| v.1), EXACT, None);
@@ -460,7 +489,11 @@ fn check_figures(s: &Servers, e: &Expected) {
 
     s.check_value("sum(http_requests_total{status_code=~\"2..\"}) / sum(http_requests_total)", e.ok / e.total, EXACT);
     s.check_value("fleet:http_requests_2xx:ratio", e.ok / e.total, STORED);
-    s.check_value("histogram_quantile(0.95, sum by (le) (http_request_duration_seconds_bucket))", e.p95(), INTERPOLATED);
+    s.check_value(
+        "histogram_quantile(0.95, sum by (le) (http_request_duration_seconds_bucket))",
+        e.p95(),
+        INTERPOLATED,
+    );
     s.check_value("fleet:http_request_duration_seconds:p95", e.p95(), STORED);
 }
 
@@ -469,7 +502,9 @@ fn check_figures(s: &Servers, e: &Expected) {
 #[test]
 fn fleet_through_prometheus_and_victoria_metrics() {
     let started = Instant::now();
-    let regions = Regions(HOSTS.iter().map(|h| PathBuf::from(format!("/dev/shm/shmetrics-fleet-{}-{h}", std::process::id()))).collect());
+    let regions = Regions(
+        HOSTS.iter().map(|h| PathBuf::from(format!("/dev/shm/shmetrics-fleet-{}-{h}", std::process::id()))).collect(),
+    );
     for r in &regions.0 {
         remove_shm(r);
     }
@@ -483,7 +518,12 @@ fn fleet_through_prometheus_and_victoria_metrics() {
     let prom_dir = dir.join("prometheus");
     copy_tree(&fleet_dir(), &prom_dir);
     let yml = fs::read_to_string(prom_dir.join("prometheus.yml")).unwrap();
-    for want in ["scrape_interval: 15s", "evaluation_interval: 15s", "batch_send_deadline: 5s", "url: http://127.0.0.1:8428/api/v1/write"] {
+    for want in [
+        "scrape_interval: 15s",
+        "evaluation_interval: 15s",
+        "batch_send_deadline: 5s",
+        "url: http://127.0.0.1:8428/api/v1/write",
+    ] {
         assert!(yml.contains(want), "examples/fleet/prometheus.yml no longer has {want:?}: update this test");
     }
     let yml = yml
@@ -549,7 +589,13 @@ fn fleet_through_prometheus_and_victoria_metrics() {
     let old = hosts[1].restart(&prom);
     drop(old);
     prom.wait_targets_up(3, WAIT);
-    s.check("sum by (host) (http_requests_total)", &["host"], &keyed(e1.per_host.iter().map(|(h, v)| (vec![h.clone()], *v))), EXACT, None);
+    s.check(
+        "sum by (host) (http_requests_total)",
+        &["host"],
+        &keyed(e1.per_host.iter().map(|(h, v)| (vec![h.clone()], *v))),
+        EXACT,
+        None,
+    );
 
     send_round(&hosts, &ROUND2);
     let e12 = expected(&[&ROUND1, &ROUND2]);
@@ -574,7 +620,10 @@ fn fleet_through_prometheus_and_victoria_metrics() {
         s.check(&resets, &[], &BTreeMap::from([(vec![], 0.0)]), EXACT, Some(last));
     }
     assert_eq!(fleet_increase, e2.total, "round 2 across hosts");
-    eprintln!("[measure] increase() across the restart: {fleet_increase} requests over 3 hosts (round 2 sent {})", e2.total);
+    eprintln!(
+        "[measure] increase() across the restart: {fleet_increase} requests over 3 hosts (round 2 sent {})",
+        e2.total
+    );
 
     // Every recording and alerting rule evaluated without error.
     let rules = prom.rules();

@@ -154,7 +154,14 @@ fn attach_pseudo_random() {
 /// A region with one family and one series, through the C ABI.
 fn small_region(test: &str) -> (*const shmetrics_region, fuzz_bodies::Mapped) {
     let path = fuzz_bodies::fresh_path(test);
-    let p = Params { max_series: 16, max_families: 4, max_slots: 4, max_label_bytes: 32, max_cells: 128, arena_bytes: 4096 };
+    let p = Params {
+        max_series: 16,
+        max_families: 4,
+        max_slots: 4,
+        max_label_bytes: 32,
+        max_cells: 128,
+        arena_bytes: 4096,
+    };
     let (r, how) = fuzz_bodies::open_region(&path, p, false, true).unwrap();
     let _ = std::fs::remove_file(&path);
     assert_eq!(how, SHMETRICS_OPEN_CREATED);
@@ -164,7 +171,8 @@ fn small_region(test: &str) -> (*const shmetrics_region, fuzz_bodies::Mapped) {
     let (l, v) = (b"code".as_ptr().cast(), b"200".as_ptr().cast());
     // SAFETY: pointer/length pairs of static byte strings.
     unsafe {
-        let fam = shmetrics_family(r, KIND_COUNTER, name.as_ptr().cast(), name.len(), null(), 0, &l, &4, 1, null(), 0, 0);
+        let fam =
+            shmetrics_family(r, KIND_COUNTER, name.as_ptr().cast(), name.len(), null(), 0, &l, &4, 1, null(), 0, 0);
         assert_eq!(fam, 0);
         assert!(shmetrics_series(r, 0, &v, &3, 1) >= 32);
     }
@@ -243,7 +251,8 @@ fn json_view_valid_when_a_first_series_is_skipped() {
     });
     for hint in [1, 64, 1 << 20] {
         let body = render_with_hint(m.r, SHMETRICS_FORMAT_JSON, hint, 100_000).expect("ends");
-        let view = fuzz_bodies::parse_json_view(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
+        let view =
+            fuzz_bodies::parse_json_view(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
         let req = view.iter().find(|f| f.name == "req_total").expect("req_total is still shown");
         assert!(!req.series.is_empty() && req.series.iter().all(|(l, _)| l[0].1 != "GET"), "{req:?}");
     }
@@ -339,14 +348,23 @@ fn corrupt_ncells_never_hands_out_a_short_cell_range() {
 #[test]
 fn no_label_family_with_a_stale_full_count() {
     let path = fuzz_bodies::fresh_path("stale-count");
-    let p = Params { max_series: 16, max_families: 4, max_slots: 4, max_label_bytes: 32, max_cells: 128, arena_bytes: 4096 };
+    let p = Params {
+        max_series: 16,
+        max_families: 4,
+        max_slots: 4,
+        max_label_bytes: 32,
+        max_cells: 128,
+        arena_bytes: 4096,
+    };
     let (r, _) = fuzz_bodies::open_region(&path, p, false, true).unwrap();
     let _ = std::fs::remove_file(&path);
     // SAFETY: a fresh path opened once; `r` is not used after `_m` drops.
     let _m = unsafe { fuzz_bodies::Mapped::new(r) };
     let name = b"up";
     // SAFETY: static byte strings; no labels, no bounds.
-    let fam = unsafe { shmetrics_family(r, KIND_COUNTER, name.as_ptr().cast(), 2, null(), 0, null(), null(), 0, null(), 0, 1) };
+    let fam = unsafe {
+        shmetrics_family(r, KIND_COUNTER, name.as_ptr().cast(), 2, null(), 0, null(), null(), 0, null(), 0, 1)
+    };
     assert_eq!(fam, 0);
     // The place a killed creator took under max_series = 1.
     r.family(0).series_count.store(1, std::sync::atomic::Ordering::Relaxed);

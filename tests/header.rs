@@ -131,7 +131,11 @@ fn lua_cdef_declares_the_header_functions() {
     let want = declarations(&header);
     assert!(want.len() >= 15, "parsed only {} header declarations", want.len());
     for d in &want {
-        assert!(lua.contains(d), "the Lua cdef lacks or differs from the header's\n  {d}\nLua has:\n  {}", lua.join("\n  "));
+        assert!(
+            lua.contains(d),
+            "the Lua cdef lacks or differs from the header's\n  {d}\nLua has:\n  {}",
+            lua.join("\n  ")
+        );
     }
     assert_eq!(lua.len(), want.len(), "the Lua cdef declares functions the header does not");
 }

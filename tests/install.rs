@@ -109,14 +109,19 @@ fn check_nginx(package_paths: &str, lua_file: &str, lib_file: &str) {
     let nginx = Nginx::start_text("installed", &text, &[("PACKAGE_PATHS", package_paths)]);
     let conf = fs::read_to_string(&nginx.conf).unwrap();
     if package_paths.is_empty() {
-        let named: Vec<&str> = conf.lines().filter(|l| !l.trim_start().starts_with('#') && l.contains("lua_package")).collect();
+        let named: Vec<&str> =
+            conf.lines().filter(|l| !l.trim_start().starts_with('#') && l.contains("lua_package")).collect();
         assert!(named.is_empty(), "the package's nginx config must name no package path: {named:?}");
     }
 
     let where_ = get(nginx.port, "/where").expect("GET /where");
     assert_eq!(where_.status, 200, "{}", where_.text());
     let gateway_file = lua_file.replace("shmetrics.lua", "shmetrics/gateway.lua");
-    assert_eq!(where_.text(), format!("{lua_file}\n{gateway_file}\n{lib_file}\n"), "what nginx's package.path/cpath find");
+    assert_eq!(
+        where_.text(),
+        format!("{lua_file}\n{gateway_file}\n{lib_file}\n"),
+        "what nginx's package.path/cpath find"
+    );
     for pid in nginx.worker_pids() {
         let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         assert!(maps.contains(lib_file), "worker {pid} has not mapped {lib_file}:\n{maps}");
@@ -182,11 +187,17 @@ impl Drop for Purge {
 #[test]
 fn debian_package() {
     if std::env::var_os("SHMETRICS_SKIP_SYSTEM_INSTALL").is_some_and(|v| v == "1") {
-        eprintln!("debian_package: SKIPPED (SHMETRICS_SKIP_SYSTEM_INSTALL=1): the package was not installed or checked");
+        eprintln!(
+            "debian_package: SKIPPED (SHMETRICS_SKIP_SYSTEM_INSTALL=1): the package was not installed or checked"
+        );
         return;
     }
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "debian_package installs a package with dpkg: run as root, or set SHMETRICS_SKIP_SYSTEM_INSTALL=1");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "debian_package installs a package with dpkg: run as root, or set SHMETRICS_SKIP_SYSTEM_INSTALL=1"
+    );
     let before = package_status();
     assert!(
         before.is_empty() || before.starts_with("unknown ok not-installed"),
@@ -215,10 +226,20 @@ fn debian_package() {
 
     // Lintian: no error, no warning (the overridden one is explained in debian/).
     let t = Instant::now();
-    let lint = Command::new("lintian").args(["--fail-on", "error,warning", "-I", "--pedantic"]).arg(&deb).output().expect("run lintian");
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "-I", "--pedantic"])
+        .arg(&deb)
+        .output()
+        .expect("run lintian");
     let lint_out = String::from_utf8_lossy(&lint.stdout);
     report!("lintian: {:?}\n{lint_out}", t.elapsed());
-    assert!(lint.status.success(), "lintian {}: {}\n{lint_out}{}", deb.display(), lint.status, String::from_utf8_lossy(&lint.stderr));
+    assert!(
+        lint.status.success(),
+        "lintian {}: {}\n{lint_out}{}",
+        deb.display(),
+        lint.status,
+        String::from_utf8_lossy(&lint.stderr)
+    );
     assert!(!lint_out.lines().any(|l| l.starts_with("E:") || l.starts_with("W:")), "{lint_out}");
 
     // What it declares and holds.
@@ -229,7 +250,8 @@ fn debian_package() {
     let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     let mut want: BTreeSet<String> = lua_modules().iter().map(|m| format!("{DEB_LUA_DIR}/{m}")).collect();
     want.insert(format!("{DEB_CLIB_DIR}/{LIB_NAME}"));
-    for f in ["README.md.gz", "copyright", "changelog.Debian.gz", "layout.md.gz", "examples/prometheus/prometheus.yml"] {
+    for f in ["README.md.gz", "copyright", "changelog.Debian.gz", "layout.md.gz", "examples/prometheus/prometheus.yml"]
+    {
         want.insert(format!("/usr/share/doc/{PACKAGE}/{f}"));
     }
     for w in &want {
@@ -254,14 +276,19 @@ fn debian_package() {
 
     // LuaJIT's own defaults find both parts too (no nginx).
     let found = run(Command::new("luajit").args(["-e", "print(package.searchpath('resty.shmetrics', package.path)) print(package.searchpath('libshmetrics', package.cpath))"]));
-    assert_eq!(found, format!("{DEB_LUA_DIR}/resty/shmetrics.lua\n{DEB_CLIB_DIR}/{LIB_NAME}\n"), "luajit's default paths");
+    assert_eq!(
+        found,
+        format!("{DEB_LUA_DIR}/resty/shmetrics.lua\n{DEB_CLIB_DIR}/{LIB_NAME}\n"),
+        "luajit's default paths"
+    );
     check_nginx("", &format!("{DEB_LUA_DIR}/resty/shmetrics.lua"), &format!("{DEB_CLIB_DIR}/{LIB_NAME}"));
 
     let t = Instant::now();
     dpkg(&["--purge", PACKAGE]);
     report!("dpkg --purge: {:?}", t.elapsed());
     assert_eq!(package_status(), "", "dpkg still knows {PACKAGE} after --purge");
-    let left: Vec<&String> = installed.iter().filter(|p| !existed_before.contains(*p) && Path::new(p).exists()).collect();
+    let left: Vec<&String> =
+        installed.iter().filter(|p| !existed_before.contains(*p) && Path::new(p).exists()).collect();
     assert!(left.is_empty(), "left after dpkg --purge: {left:?}");
 }
 
@@ -326,7 +353,10 @@ fn luarocks_make() {
     // Both parts from the tree, found through `luarocks path` alone.
     let paths = run(Command::new("luarocks").args(["path", "--tree"]).arg(&tree.0));
     let var = |name: &str| {
-        let line = paths.lines().find(|l| l.starts_with(&format!("export {name}='"))).unwrap_or_else(|| panic!("no {name} in:\n{paths}"));
+        let line = paths
+            .lines()
+            .find(|l| l.starts_with(&format!("export {name}='")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{paths}"));
         line[name.len() + 9..line.len() - 1].to_string()
     };
     let region = format!("/dev/shm/shmetrics-test-rocks-{}", std::process::id());
@@ -338,10 +368,20 @@ local p = m.init("rocks", {{ path = "{region}" }})
 p:counter("rocks_total", "From the rocks tree", {{"part"}}):inc(7, {{"both"}})
 io.write(p:metric_data("text"))"#
     );
-    let out = Command::new("luajit").args(["-e", &prog]).env("LUA_PATH", var("LUA_PATH")).env("LUA_CPATH", var("LUA_CPATH")).output().expect("luajit");
+    let out = Command::new("luajit")
+        .args(["-e", &prog])
+        .env("LUA_PATH", var("LUA_PATH"))
+        .env("LUA_CPATH", var("LUA_CPATH"))
+        .output()
+        .expect("luajit");
     common::nginx::remove_shm(Path::new(&region));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "luajit from the rocks tree: {}\n{stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "luajit from the rocks tree: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree_dir = tree.0.display();
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some(format!("{tree_dir}/share/lua/5.1/resty/shmetrics.lua").as_str()));
@@ -354,10 +394,17 @@ io.write(p:metric_data("text"))"#
 #[test]
 fn one_version() {
     let cargo = fs::read_to_string(repo_dir().join("Cargo.toml")).unwrap();
-    let version = cargo.lines().find_map(|l| l.strip_prefix("version = \"")).and_then(|v| v.strip_suffix('"')).expect("Cargo.toml version");
+    let version = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("Cargo.toml version");
     let changelog = fs::read_to_string(repo_dir().join("debian/changelog")).unwrap();
     let first = changelog.lines().next().unwrap();
-    assert!(first.starts_with(&format!("{PACKAGE} ({version}-")), "debian/changelog's latest entry is not {version}: {first}");
+    assert!(
+        first.starts_with(&format!("{PACKAGE} ({version}-")),
+        "debian/changelog's latest entry is not {version}: {first}"
+    );
     let spec = rockspec();
     assert!(
         spec.file_name().unwrap().to_str().unwrap().starts_with(&format!("{PACKAGE}-{version}-")),

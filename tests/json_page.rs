@@ -20,7 +20,8 @@ impl Drop for Shm {
 fn region(test: &str) -> (&'static Region, Shm) {
     let path = PathBuf::from(format!("/dev/shm/shmetrics-ut-page-{test}-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let p = Params { max_series: 1000, max_families: 8, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
+    let p =
+        Params { max_series: 1000, max_families: 8, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
     let (r, how) = region::open(&path, p, false).unwrap();
     assert_eq!(how, Opened::Created);
     (r, Shm(path))
@@ -28,7 +29,8 @@ fn region(test: &str) -> (&'static Region, Shm) {
 
 fn define(r: &Region, kind: u32, name: &str, labels: &[&str], bounds: &[f64]) -> u32 {
     let labels: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
-    r.define_family(&FamilyDef { kind, name: name.as_bytes(), help: b"h", labels: &labels, bounds, max_series: 0 }).unwrap()
+    r.define_family(&FamilyDef { kind, name: name.as_bytes(), help: b"h", labels: &labels, bounds, max_series: 0 })
+        .unwrap()
 }
 
 fn json(r: &'static Region, page: Option<(u64, u64, &[u8])>, hint: usize) -> Value {

@@ -124,7 +124,14 @@ impl Mapping {
         let len = file.metadata().unwrap().len() as usize;
         // SAFETY: mapping a file we opened read-write, `len` bytes (its size).
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED, "mmap {}", path.display());
         Mapping { base: p.cast(), len }

@@ -168,7 +168,11 @@ fn incumbent_reset_scenario() {
                     assert_eq!(request(reset_port, "reset", &path), 200);
                     let (body, exp) = scrape(metrics_port);
                     let want: f64 = value.parse().unwrap();
-                    assert_eq!(exp.value("reset_test", &[("label", &label)]), Some(want), "{label} after set {value}:\n{body}");
+                    assert_eq!(
+                        exp.value("reset_test", &[("label", &label)]),
+                        Some(want),
+                        "{label} after set {value}:\n{body}"
+                    );
                     checks += 1;
                 }
                 (checks, resets)
@@ -197,7 +201,11 @@ fn incumbent_reset_scenario() {
     assert_eq!(exp.value("nginx_metric_errors_total", &[]), Some(2.0 * MISUSE as f64 + 1.0));
     let log = nginx.error_log();
     let lines = |needle: &str| log.lines().filter(|l| l.contains("[error]") && l.contains(needle)).count();
-    assert_eq!(lines("reset_test: value must be a number, got string \"not a number\" (reason value_type)"), 1, "{log}");
+    assert_eq!(
+        lines("reset_test: value must be a number, got string \"not a number\" (reason value_type)"),
+        1,
+        "{log}"
+    );
     assert_eq!(lines("requests_total needs 3 label values, got 1 (reason label_count)"), 1, "{log}");
     assert_eq!(lines("cannot set reset_test to x: a test error"), 1, "{log}");
     nginx.assert_no_errors(&["(reason value_type)", "(reason label_count)", "a test error"]);

@@ -240,12 +240,16 @@ fn assert_openmetrics(body: &str, text: &Exposition) {
         assert!(!name.ends_with("_total"), "OpenMetrics counter family named with _total: {line}");
         let total = format!("{name}_total");
         assert!(
-            body.lines().filter(|l| !l.starts_with('#')).all(|l| !l.starts_with(&format!("{name}{{")) && !l.starts_with(&format!("{name} "))),
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .all(|l| !l.starts_with(&format!("{name}{{")) && !l.starts_with(&format!("{name} "))),
             "counter {name} has a sample without _total"
         );
         assert!(text.family(&total).is_some(), "{total} in OpenMetrics but not in text");
     }
-    let Some(om) = python_openmetrics(body).unwrap_or_else(|e| panic!("prometheus_client rejected the body: {e}\n{body}")) else {
+    let Some(om) =
+        python_openmetrics(body).unwrap_or_else(|e| panic!("prometheus_client rejected the body: {e}\n{body}"))
+    else {
         return;
     };
     // Same families, types, help texts and samples as the text exposition.
@@ -260,7 +264,8 @@ fn assert_openmetrics(body: &str, text: &Exposition) {
             if name == "shmetrics_worker_slots" {
                 continue;
             }
-            om_samples.insert(format!("{} {v:?}", series_key(name, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))));
+            om_samples
+                .insert(format!("{} {v:?}", series_key(name, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))));
         }
     }
     assert_eq!(om.len(), text.families.len(), "family count");
@@ -268,7 +273,9 @@ fn assert_openmetrics(body: &str, text: &Exposition) {
         .samples
         .iter()
         .filter(|s| s.name != "shmetrics_worker_slots")
-        .map(|s| format!("{} {:?}", series_key(&s.name, s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))), s.value))
+        .map(|s| {
+            format!("{} {:?}", series_key(&s.name, s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))), s.value)
+        })
         .collect();
     assert_eq!(om_samples, text_samples, "OpenMetrics and text samples differ");
 }
@@ -290,7 +297,15 @@ fn accept_header_picks_the_format() {
     assert_eq!(text.sum("gateway_requests_total"), SENT);
 
     // Anything but an OpenMetrics-preferring Accept gets 0.0.4.
-    for accept in ["text/plain", "*/*", "text/plain;version=0.0.4", "application/json", "text/plain;q=0.9,application/openmetrics-text;q=0.5", "application/openmetrics-text;version=2.0.0", ""] {
+    for accept in [
+        "text/plain",
+        "*/*",
+        "text/plain;version=0.0.4",
+        "application/json",
+        "text/plain;q=0.9,application/openmetrics-text;q=0.5",
+        "application/openmetrics-text;version=2.0.0",
+        "",
+    ] {
         let r = fetch(port, "/metrics", &[("Accept", accept)]);
         assert_eq!(r.header("content-type"), Some(CT_TEXT), "Accept: {accept}");
         assert_eq!(stable(r.text()), stable(text_body.text()), "Accept: {accept}: a different body");
@@ -298,7 +313,11 @@ fn accept_header_picks_the_format() {
     assert_text(fetch(port, "/metrics", &[("Accept", "text/plain")]).text());
 
     // Prometheus's own header, and other ways of preferring OpenMetrics.
-    for accept in [PROMETHEUS_ACCEPT, "application/openmetrics-text", "application/openmetrics-text; version=0.0.1; q=0.75, text/plain; version=0.0.4; q=0.5"] {
+    for accept in [
+        PROMETHEUS_ACCEPT,
+        "application/openmetrics-text",
+        "application/openmetrics-text; version=0.0.1; q=0.75, text/plain; version=0.0.4; q=0.5",
+    ] {
         let r = fetch(port, "/metrics", &[("Accept", accept)]);
         assert_eq!(r.header("content-type"), Some(CT_OM), "Accept: {accept}");
         assert_openmetrics(r.text(), &text);
@@ -383,7 +402,12 @@ fn gzip_when_the_scraper_accepts_it() {
         assert_eq!(gz.header("vary"), Some("Accept-Encoding"), "{path}: caches must key on Accept-Encoding");
         let body = gunzip(&gz.body);
         assert_eq!(String::from_utf8(body).unwrap(), plain.text(), "{path}: gunzipped body");
-        assert!(gz.body.len() * 3 < plain.body.len(), "{path}: {} bytes gzipped from {}", gz.body.len(), plain.body.len());
+        assert!(
+            gz.body.len() * 3 < plain.body.len(),
+            "{path}: {} bytes gzipped from {}",
+            gz.body.len(),
+            plain.body.len()
+        );
     }
 }
 
@@ -445,7 +469,8 @@ import json, sys
 def no(c): raise ValueError("non-JSON constant " + c)
 json.loads(sys.stdin.buffer.read().decode("utf-8"), parse_constant=no)
 "#;
-        run_python(py, SCRIPT, body.as_bytes()).unwrap_or_else(|e| panic!("python json rejected the JSON view: {e}\n{body}"));
+        run_python(py, SCRIPT, body.as_bytes())
+            .unwrap_or_else(|e| panic!("python json rejected the JSON view: {e}\n{body}"));
     }
     Json::parse(body).unwrap_or_else(|e| panic!("JSON view: {e}\n{body}"))
 }
@@ -462,8 +487,11 @@ fn json_view_has_the_values() {
     // Every family and series in the JSON view says what the exposition says.
     let fams = doc.get("families").and_then(Json::as_array).expect("families array");
     // (nginx_metric_errors_total, the error counter, is a self-metric too)
-    let user_families =
-        text.families.iter().filter(|f| !f.name.starts_with("shmetrics_") && f.name != "nginx_metric_errors_total").count();
+    let user_families = text
+        .families
+        .iter()
+        .filter(|f| !f.name.starts_with("shmetrics_") && f.name != "nginx_metric_errors_total")
+        .count();
     assert_eq!(fams.len(), user_families, "JSON families: the user's, no self-metrics");
     let mut checked = 0;
     for f in fams {
@@ -472,9 +500,16 @@ fn json_view_has_the_values() {
         let tf = text.family(name).unwrap_or_else(|| panic!("{name} not in the exposition"));
         assert_eq!(tf.kind.as_deref(), Some(kind), "{name}");
         assert_eq!(tf.help.as_deref(), f.get("help").and_then(Json::as_str), "{name}");
-        let label_names: Vec<&str> = f.get("labels").and_then(Json::as_array).unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+        let label_names: Vec<&str> =
+            f.get("labels").and_then(Json::as_array).unwrap().iter().map(|l| l.as_str().unwrap()).collect();
         for s in f.get("series").and_then(Json::as_array).unwrap() {
-            let labels: Vec<(&str, &str)> = s.get("labels").and_then(Json::as_object).unwrap().iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap())).collect();
+            let labels: Vec<(&str, &str)> = s
+                .get("labels")
+                .and_then(Json::as_object)
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+                .collect();
             assert_eq!(labels.iter().map(|l| l.0).collect::<Vec<_>>(), label_names, "{name}: label order");
             if kind == "histogram" {
                 let buckets: Vec<(f64, f64)> = s
@@ -484,7 +519,13 @@ fn json_view_has_the_values() {
                     .iter()
                     .map(|b| {
                         let b = b.as_array().unwrap();
-                        let le = b[0].as_f64().unwrap_or_else(|| if b[0].as_str() == Some("+Inf") { f64::INFINITY } else { panic!("le {b:?}") });
+                        let le = b[0].as_f64().unwrap_or_else(|| {
+                            if b[0].as_str() == Some("+Inf") {
+                                f64::INFINITY
+                            } else {
+                                panic!("le {b:?}")
+                            }
+                        });
                         (le, b[1].as_f64().unwrap())
                     })
                     .collect();
@@ -507,13 +548,22 @@ fn json_view_has_the_values() {
             .unwrap()
             .iter()
             .map(|s| {
-                let labels = s.get("labels").and_then(Json::as_object).unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
+                let labels = s
+                    .get("labels")
+                    .and_then(Json::as_object)
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect();
                 (labels, s.get("value").and_then(Json::as_f64).unwrap())
             })
             .collect()
     };
     let pick = |rows: &[(BTreeMap<String, String>, f64)], want: &[(&str, &str)]| -> f64 {
-        rows.iter().filter(|(l, _)| want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))).map(|r| r.1).sum()
+        rows.iter()
+            .filter(|(l, _)| want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|r| r.1)
+            .sum()
     };
     let req = series("namespace_requests_total");
     assert_eq!(pick(&req, &[("namespace", "wechat"), ("status", "success")]), 4.0);
@@ -525,11 +575,22 @@ fn json_view_has_the_values() {
     assert_eq!(pick(&tokens, &[("namespace", "alipay"), ("token_type", "input")]), 100.0);
     assert_eq!(pick(&tokens, &[("namespace", "alipay"), ("token_type", "output")]), 40.0);
     let cost = series("model_cost_usd_total");
-    assert_close("gpt-4o wechat cost", pick(&cost, &[("model", "gpt-4o"), ("namespace", "wechat")]), 3.0 * (100.0 * 2.5 + 30.0 * 10.0) / 1e6, 1e-12);
+    assert_close(
+        "gpt-4o wechat cost",
+        pick(&cost, &[("model", "gpt-4o"), ("namespace", "wechat")]),
+        3.0 * (100.0 * 2.5 + 30.0 * 10.0) / 1e6,
+        1e-12,
+    );
 
     // Filtered: one family.
     let one = strict_json(fetch(port, "/metrics.json?name[]=namespace_tokens_total", &[]).text());
-    let names: Vec<&str> = one.get("families").and_then(Json::as_array).unwrap().iter().map(|f| f.get("name").and_then(Json::as_str).unwrap()).collect();
+    let names: Vec<&str> = one
+        .get("families")
+        .and_then(Json::as_array)
+        .unwrap()
+        .iter()
+        .map(|f| f.get("name").and_then(Json::as_str).unwrap())
+        .collect();
     assert_eq!(names, ["namespace_tokens_total"]);
     nginx.assert_no_errors(&[]);
 }

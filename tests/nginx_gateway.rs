@@ -149,14 +149,13 @@ fn send(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &
             }
         }
     }
-    let head_end = head_end.unwrap_or_else(|| panic!("{method} {path}: no response head in {:?}", String::from_utf8_lossy(&raw)));
+    let head_end =
+        head_end.unwrap_or_else(|| panic!("{method} {path}: no response head in {:?}", String::from_utf8_lossy(&raw)));
     let head = std::str::from_utf8(&raw[..head_end]).unwrap();
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut reply = Reply { status, headers, body: Vec::new(), body_reads };
     reply.body = if reply.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         dechunk(&raw[head_end..])
@@ -190,7 +189,12 @@ impl ClosedPort {
             addr.sin_family = libc::AF_INET as libc::sa_family_t;
             addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
             let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            assert_eq!(libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len), 0, "bind: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+                0,
+                "bind: {}",
+                std::io::Error::last_os_error()
+            );
             let mut len = len;
             assert_eq!(libc::getsockname(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len), 0);
             ClosedPort { fd, port: u16::from_be(addr.sin_port) }
@@ -271,7 +275,13 @@ struct Case {
 }
 
 impl Case {
-    fn new(what: &'static str, ns_header: Option<&'static str>, ns: &'static str, path: &'static str, body: String) -> Case {
+    fn new(
+        what: &'static str,
+        ns_header: Option<&'static str>,
+        ns: &'static str,
+        path: &'static str,
+        body: String,
+    ) -> Case {
         let mut headers = Vec::new();
         if let Some(h) = ns_header {
             headers.push(("X-Namespace", h.to_string()));
@@ -353,11 +363,17 @@ fn cases() -> Vec<Case> {
     c.body = chat_body("gpt-4o-mini", true, false, c.what);
     v.push(c.no_tokens().reason("usage_not_requested"));
     let body = r#"{"model":"text-embedding-3-small","input":"The food was delicious"}"#.to_string();
-    v.push(Case::new("embeddings", Some("alipay"), "alipay", EMBEDDINGS, body.clone()).model("text-embedding-3-small").tokens((body.len() as u64, 0)));
+    v.push(
+        Case::new("embeddings", Some("alipay"), "alipay", EMBEDDINGS, body.clone())
+            .model("text-embedding-3-small")
+            .tokens((body.len() as u64, 0)),
+    );
     let mut c = Case::new("GET without a body is no model request", None, "default", "/v1/models", String::new());
     c.method = "GET";
     v.push(c);
-    v.push(Case::chat("a large JSON answer", "wechat", "gpt-4o-mini", "gpt-4o-mini", false).header("X-Mock-Pad", "300000"));
+    v.push(
+        Case::chat("a large JSON answer", "wechat", "gpt-4o-mini", "gpt-4o-mini", false).header("X-Mock-Pad", "300000"),
+    );
     let big = chat_body("gpt-4o", false, false, &"x".repeat(100_000));
     v.push(
         Case::new("a request body spooled to a file", None, "default", CHAT, big.clone())
@@ -367,14 +383,30 @@ fn cases() -> Vec<Case> {
             .reason("request_unreadable"),
     );
     v.push(
-        Case::new("a truncated request body, an unknown namespace", Some("evil"), "other", CHAT, r#"{"model":"gpt-4o","messages":["#.into())
-            .model("other")
-            .header("X-Mock-Status", "400")
-            .fails(400, "client_error", "openai")
-            .reason("request_malformed"),
+        Case::new(
+            "a truncated request body, an unknown namespace",
+            Some("evil"),
+            "other",
+            CHAT,
+            r#"{"model":"gpt-4o","messages":["#.into(),
+        )
+        .model("other")
+        .header("X-Mock-Status", "400")
+        .fails(400, "client_error", "openai")
+        .reason("request_malformed"),
     );
-    v.push(Case::chat("upstream 500", "wechat", "gpt-4o", "gpt-4o", false).header("X-Mock-Status", "500").fails(500, "upstream_5xx", "openai"));
-    v.push(Case::chat("upstream 429", "alipay", "gpt-4o-mini", "gpt-4o-mini", false).header("X-Mock-Status", "429").fails(429, "client_error", "openai"));
+    v.push(Case::chat("upstream 500", "wechat", "gpt-4o", "gpt-4o", false).header("X-Mock-Status", "500").fails(
+        500,
+        "upstream_5xx",
+        "openai",
+    ));
+    v.push(
+        Case::chat("upstream 429", "alipay", "gpt-4o-mini", "gpt-4o-mini", false).header("X-Mock-Status", "429").fails(
+            429,
+            "client_error",
+            "openai",
+        ),
+    );
     v.push(
         Case::chat("the upstream option's function raises", "wechat", "gpt-4o", "gpt-4o", false)
             .header("X-Mock-Status", "500")
@@ -387,8 +419,16 @@ fn cases() -> Vec<Case> {
             .header("X-Simulate-Limit", "token_limit")
             .fails(429, "client_error", "none"),
     );
-    v.push(Case::chat("upstream timeout", "wechat", "gpt-4o", "gpt-4o", false).header("X-Mock-Delay", "3").fails(504, "upstream_timeout", "openai"));
-    v.push(Case::chat("connection refused", "alipay", "gpt-4o-mini", "gpt-4o-mini", false).header("X-Backend", "down").fails(502, "upstream_connect_failed", "openai"));
+    v.push(Case::chat("upstream timeout", "wechat", "gpt-4o", "gpt-4o", false).header("X-Mock-Delay", "3").fails(
+        504,
+        "upstream_timeout",
+        "openai",
+    ));
+    v.push(
+        Case::chat("connection refused", "alipay", "gpt-4o-mini", "gpt-4o-mini", false)
+            .header("X-Backend", "down")
+            .fails(502, "upstream_connect_failed", "openai"),
+    );
     let mut c = Case::chat("client abort before the answer", "wechat", "gpt-4o", "gpt-4o", false)
         .header("X-Mock-Delay", "5")
         .header("X-Mock-Id", "abort-before")
@@ -402,11 +442,30 @@ fn cases() -> Vec<Case> {
     c.kind = Kind::AbortMidStream;
     c.ttft = true;
     v.push(c);
-    v.push(Case::chat("malformed JSON answer", "wechat", "gpt-4o", "gpt-4o", false).header("X-Mock-Body", "malformed").no_tokens().reason("response_malformed"));
-    v.push(Case::chat("answer without usage", "alipay", "gpt-4o-mini", "gpt-4o-mini", false).header("X-Mock-Body", "no_usage").no_tokens().reason("usage_missing"));
-    v.push(Case::chat("usage with a string count", "wechat", "gpt-4o", "gpt-4o", false).header("X-Mock-Body", "bad_usage").no_tokens().reason("usage_malformed"));
+    v.push(
+        Case::chat("malformed JSON answer", "wechat", "gpt-4o", "gpt-4o", false)
+            .header("X-Mock-Body", "malformed")
+            .no_tokens()
+            .reason("response_malformed"),
+    );
+    v.push(
+        Case::chat("answer without usage", "alipay", "gpt-4o-mini", "gpt-4o-mini", false)
+            .header("X-Mock-Body", "no_usage")
+            .no_tokens()
+            .reason("usage_missing"),
+    );
+    v.push(
+        Case::chat("usage with a string count", "wechat", "gpt-4o", "gpt-4o", false)
+            .header("X-Mock-Body", "bad_usage")
+            .no_tokens()
+            .reason("usage_malformed"),
+    );
     // tokens are read, and the stray line is counted
-    v.push(Case::chat("a stream with a line that is not SSE", "alipay", "gpt-4o", "gpt-4o", true).header("X-Mock-Body", "sse_garbage").reason("response_malformed"));
+    v.push(
+        Case::chat("a stream with a line that is not SSE", "alipay", "gpt-4o", "gpt-4o", true)
+            .header("X-Mock-Body", "sse_garbage")
+            .reason("response_malformed"),
+    );
     v.push(Case::chat("an unknown route", "wechat", "gpt-4o", "gpt-4o", false).fails(404, "client_error", "openai"));
     let last = v.len() - 1;
     v[last].path = "/v1/unknown";
@@ -423,7 +482,10 @@ fn run_case(c: &Case, port: u16, mock_port: u16, metrics_port: u16) {
         }
         Kind::AbortBefore | Kind::AbortMidStream => {
             let id = &c.headers.iter().find(|(k, _)| *k == "X-Mock-Id").unwrap().1;
-            let before = scrape(metrics_port).1.value("errors_total", &[("error_type", "client_abort"), ("namespace", c.ns), ("upstream", "openai")]).unwrap_or(0.0);
+            let before = scrape(metrics_port)
+                .1
+                .value("errors_total", &[("error_type", "client_abort"), ("namespace", c.ns), ("upstream", "openai")])
+                .unwrap_or(0.0);
             let mut s = connect(port);
             s.write_all(&request_bytes(c.method, c.path, &c.headers, &c.body)).unwrap();
             if c.kind == Kind::AbortBefore {
@@ -445,10 +507,15 @@ fn run_case(c: &Case, port: u16, mock_port: u16, metrics_port: u16) {
             }
             drop(s);
             let (_, exp) = scrape_until(metrics_port, WAIT, |e| {
-                e.value("errors_total", &[("error_type", "client_abort"), ("namespace", c.ns), ("upstream", "openai")]).unwrap_or(0.0) > before
+                e.value("errors_total", &[("error_type", "client_abort"), ("namespace", c.ns), ("upstream", "openai")])
+                    .unwrap_or(0.0)
+                    > before
             });
             assert_eq!(
-                exp.value("errors_total", &[("error_type", "client_abort"), ("namespace", c.ns), ("upstream", "openai")]),
+                exp.value(
+                    "errors_total",
+                    &[("error_type", "client_abort"), ("namespace", c.ns), ("upstream", "openai")]
+                ),
                 Some(before + 1.0),
                 "{}: no client_abort recorded",
                 c.what
@@ -463,7 +530,12 @@ struct Want(BTreeMap<String, BTreeMap<String, f64>>);
 
 impl Want {
     fn add(&mut self, family: &str, labels: &[(&str, &str)], v: f64) {
-        *self.0.entry(family.to_string()).or_default().entry(series_key(family, labels.iter().copied())).or_insert(0.0) += v;
+        *self
+            .0
+            .entry(family.to_string())
+            .or_default()
+            .entry(series_key(family, labels.iter().copied()))
+            .or_insert(0.0) += v;
     }
 
     /// The family's series in `exp` are exactly these, with these values (relative
@@ -586,7 +658,6 @@ fn gateway_records_the_catalog() {
         want.check(exp, "model_throughput_tokens_per_second", 0.0)
     });
 
-
     // A few values by hand, so a mistake shared by the scenario table and the module
     // cannot hide: 3 JSON + 2 SSE gpt-4o requests from wechat.
     let wechat_gpt4o = [("model", "gpt-4o"), ("namespace", "wechat")];
@@ -600,7 +671,13 @@ fn gateway_records_the_catalog() {
         ((3.0 * json_in + 2.0 * sse_in) * 2.5 + 150.0 * 10.0) / 1e6,
         1e-12,
     );
-    assert_eq!(exp.expect("errors_total", &[("error_type", "upstream_timeout"), ("namespace", "wechat"), ("upstream", "openai")]), 1.0);
+    assert_eq!(
+        exp.expect(
+            "errors_total",
+            &[("error_type", "upstream_timeout"), ("namespace", "wechat"), ("upstream", "openai")]
+        ),
+        1.0
+    );
 
     // Histograms: every family's invariants; the timeout took proxy_read_timeout (1 s).
     assert!(exp.check_histograms().is_empty(), "{:?}", exp.check_histograms());
@@ -671,10 +748,25 @@ fn streams_pass_through_untouched_and_unbuffered() {
     assert!(through.body == direct.body, "the gateway changed a large JSON answer");
 
     let (_, exp) = settle(nginx.metrics_port, |e| {
-        expect_value(e, "model_tokens_input_total", &[("model", "gpt-4o"), ("namespace", "wechat")], body.len() as f64)?;
+        expect_value(
+            e,
+            "model_tokens_input_total",
+            &[("model", "gpt-4o"), ("namespace", "wechat")],
+            body.len() as f64,
+        )?;
         expect_value(e, "model_tokens_output_total", &[("model", "gpt-4o"), ("namespace", "wechat")], 30.0)?;
-        expect_value(e, "model_time_to_first_token_seconds_count", &[("model", "gpt-4o"), ("namespace", "wechat")], 1.0)?;
-        expect_value(e, "model_tokens_input_total", &[("model", "gpt-4o-mini"), ("namespace", "alipay")], big.len() as f64)?;
+        expect_value(
+            e,
+            "model_time_to_first_token_seconds_count",
+            &[("model", "gpt-4o"), ("namespace", "wechat")],
+            1.0,
+        )?;
+        expect_value(
+            e,
+            "model_tokens_input_total",
+            &[("model", "gpt-4o-mini"), ("namespace", "alipay")],
+            big.len() as f64,
+        )?;
         expect_value(e, "model_tokens_output_total", &[("model", "gpt-4o-mini"), ("namespace", "alipay")], 20.0)
     });
     assert_eq!(exp.sum("gateway_instrumentation_errors_total"), 0.0);
@@ -717,7 +809,11 @@ fn demo_conf_records_the_catalog() {
     };
     let r = chat("wechat", r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}"#, &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let r = chat("alipay", r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hi"}]}"#, &[]);
+    let r = chat(
+        "alipay",
+        r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hi"}]}"#,
+        &[],
+    );
     assert_eq!(r.status, 200);
     let r = chat("alipay", r#"{"model":"gpt-4o","messages":[]}"#, &[("X-Mock-Status", "500")]);
     assert_eq!(r.status, 500);
@@ -729,8 +825,18 @@ fn demo_conf_records_the_catalog() {
     assert!(limited >= 1, "no 429 in a burst of 12");
     let (body, exp) = settle(nginx.metrics_port, |e| {
         expect_value(e, "model_tokens_output_total", &[("model", "gpt-4o-mini"), ("namespace", "alipay")], 20.0)?;
-        expect_value(e, "errors_total", &[("error_type", "upstream_5xx"), ("namespace", "alipay"), ("upstream", "openai")], 1.0)?;
-        expect_value(e, "rate_limit_violations_total", &[("namespace", "wechat"), ("rule_type", "requests_per_second")], limited as f64)
+        expect_value(
+            e,
+            "errors_total",
+            &[("error_type", "upstream_5xx"), ("namespace", "alipay"), ("upstream", "openai")],
+            1.0,
+        )?;
+        expect_value(
+            e,
+            "rate_limit_violations_total",
+            &[("namespace", "wechat"), ("rule_type", "requests_per_second")],
+            limited as f64,
+        )
     });
     for (family, labels) in CATALOG {
         let fam = exp.family(family).unwrap_or_else(|| panic!("{family} missing"));
@@ -747,7 +853,10 @@ fn demo_conf_records_the_catalog() {
     }
     let gpt4o_wechat = [("model", "gpt-4o"), ("namespace", "wechat")];
     assert_eq!(exp.value("model_tokens_output_total", &gpt4o_wechat), Some(30.0 * (1 + 12 - limited) as f64));
-    assert_eq!(exp.value("model_accuracy_percent", &[("model", "gpt-4o"), ("task_type", "classification")]), Some(92.5));
+    assert_eq!(
+        exp.value("model_accuracy_percent", &[("model", "gpt-4o"), ("task_type", "classification")]),
+        Some(92.5)
+    );
     assert_eq!(exp.sum("gateway_instrumentation_errors_total"), 0.0);
     assert_eq!(exp.sum("shmetrics_errors_total"), 0.0);
     promtool_check(&body).unwrap();
@@ -775,7 +884,12 @@ fn bench_conf_runs() {
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "the locations answer differently");
     let labels = [("model", "gpt-4o"), ("namespace", "wechat")];
     let (_, exp) = settle(nginx.metrics_port, |e| {
-        expect_value(e, "model_requests_total", &[("model", "gpt-4o"), ("namespace", "wechat"), ("status", "success")], 2.0)?;
+        expect_value(
+            e,
+            "model_requests_total",
+            &[("model", "gpt-4o"), ("namespace", "wechat"), ("status", "success")],
+            2.0,
+        )?;
         expect_value(e, "model_tokens_input_total", &labels, 24.0)?;
         expect_value(e, "model_tokens_output_total", &labels, 16.0)
     });

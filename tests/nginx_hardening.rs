@@ -46,7 +46,12 @@ impl Drop for Region {
 }
 
 fn vars<'a>(region: &'a Region, workers: &'a str, opts: &'a str, ticks: bool) -> Vec<(&'a str, &'a str)> {
-    vec![("WORKERS", workers), ("REGION", region.path()), ("OPTS", opts), ("TICKS", if ticks { "true" } else { "false" })]
+    vec![
+        ("WORKERS", workers),
+        ("REGION", region.path()),
+        ("OPTS", opts),
+        ("TICKS", if ticks { "true" } else { "false" }),
+    ]
 }
 
 fn start(region: &Region, workers: usize, opts: &str, ticks: bool) -> Nginx {
@@ -161,10 +166,14 @@ fn phase_lines(body: &str) -> BTreeMap<String, String> {
 /// Polls `/result?k=<phase>` until the phase has run.
 fn phase_result(port: u16, phase: &str) -> String {
     let mut out = String::new();
-    wait_until(WAIT, || {
-        out = text(port, &format!("/result?k={phase}"));
-        !out.is_empty()
-    }, || format!("phase {phase} never ran"));
+    wait_until(
+        WAIT,
+        || {
+            out = text(port, &format!("/result?k={phase}"));
+            !out.is_empty()
+        },
+        || format!("phase {phase} never ran"),
+    );
     out
 }
 
@@ -181,14 +190,15 @@ fn every_function_in_every_phase() {
     let init = phase_lines(&text(port, "/init"));
     for call in UPDATES {
         assert_eq!(
-            init[call],
-            "nil metrics cannot be recorded in init_by_lua (the master); record them in a worker",
+            init[call], "nil metrics cannot be recorded in init_by_lua (the master); record them in a worker",
             "{call} in init_by_lua"
         );
     }
     assert_eq!(init["labels"], "nil metrics cannot be recorded in init_by_lua (the master); record them in a worker");
     assert!(!init.contains_key("child:inc"));
-    for (call, want) in [("counter()", "true true"), ("metric_data", "string nil"), ("del", "true nil"), ("reset", "true nil")] {
+    for (call, want) in
+        [("counter()", "true true"), ("metric_data", "string nil"), ("del", "true nil"), ("reset", "true nil")]
+    {
         assert_eq!(init[call], want, "{call} in init_by_lua");
     }
     // (resty.core's ngx.var raises "no request found" there.)
@@ -254,7 +264,11 @@ fn every_function_in_every_phase() {
     // That line comes from each collect() after the response headers went out: in
     // log_by_lua and body_filter_by_lua (try_all), /collect_log and /collect_twice.
     let header_error = "attempt to set ngx.header.HEADER after sending out response headers";
-    wait_until(WAIT, || lines_with(&nginx.error_log(), header_error) >= 4, || format!("missing header errors in:\n{}", nginx.error_log()));
+    wait_until(
+        WAIT,
+        || lines_with(&nginx.error_log(), header_error) >= 4,
+        || format!("missing header errors in:\n{}", nginx.error_log()),
+    );
     assert_eq!(lines_with(&nginx.error_log(), header_error), 4);
 
     // Nasty label values: each its own series, escaped, accepted by promtool; one
@@ -269,7 +283,16 @@ fn every_function_in_every_phase() {
     let (body, exp) = scrape(nginx.metrics_port);
     let x64k = "x".repeat(65536);
     let values = [
-        "quote\"", "back\\slash", "new\nline", "nul\0byte", "bad\u{FFFD}utf8", "", &x64k, "cr\rtab\t", "{}=,\"", "ünïcødé ✓",
+        "quote\"",
+        "back\\slash",
+        "new\nline",
+        "nul\0byte",
+        "bad\u{FFFD}utf8",
+        "",
+        &x64k,
+        "cr\rtab\t",
+        "{}=,\"",
+        "ünïcødé ✓",
     ];
     for (i, v) in values.iter().enumerate() {
         assert_eq!(exp.expect("nasty_total", &[("v", v)]), (i + 1) as f64, "nasty_total{{v={v:.40?}}}");
@@ -282,7 +305,12 @@ fn every_function_in_every_phase() {
     promtool_check(&body).unwrap();
 
     // Hot-path misuse is logged at level error (once per metric and reason).
-    nginx.assert_no_errors(&["failed to run log_by_lua*", header_error, "(reason not_in_worker)", "(reason label_too_long)"]);
+    nginx.assert_no_errors(&[
+        "failed to run log_by_lua*",
+        header_error,
+        "(reason not_in_worker)",
+        "(reason label_too_long)",
+    ]);
 }
 
 // ---------------------------------------------------------------------------
@@ -349,7 +377,8 @@ fn other_sizes_recreate_on_start_and_are_refused_on_reload() {
     assert_eq!(exp.value("hits_total", &[("k", "run")]), None, "a resized region starts from 0");
     assert_eq!(exp.expect("shmetrics_series_capacity", &[]), 2000.0);
     assert_eq!(replaced(&exp), vec![("sizes".to_string(), 1.0)]);
-    let warn = format!("shmetrics: replaced region file {path}: max_series is 1000 in the file, 2000 in the configuration");
+    let warn =
+        format!("shmetrics: replaced region file {path}: max_series is 1000 in the file, 2000 in the configuration");
     assert_eq!(log_pids(&second.error_log(), "[warn]", &warn), vec![second.master_pid()]);
     assert!(count_many(second.port, "hits", "run", 7).iter().all(|c| c.refused.is_none()));
 
@@ -401,7 +430,11 @@ fn untrusted_or_broken_region_files() {
     let nginx = start(&region, 2, "", false);
     let (_, exp) = scrape(nginx.metrics_port);
     assert_eq!(replaced(&exp), vec![("bad_file".to_string(), 1.0)]);
-    assert!(nginx.error_log().contains(&format!("the file is {} bytes, the header says {}", valid.len() / 2, valid.len())));
+    assert!(nginx.error_log().contains(&format!(
+        "the file is {} bytes, the header says {}",
+        valid.len() / 2,
+        valid.len()
+    )));
     drop(nginx);
 
     // Refused, nginx does not start: loose mode, a symlink, another owner.
@@ -478,15 +511,26 @@ fn binary_upgrade_keeps_every_count() {
     let error_log = nginx.prefix.join("logs/error.log");
     let _ = fs::remove_file(&pid_file);
     let launched = std::process::Command::new(common::nginx::NGINX)
-        .args(["-p".as_ref(), nginx.prefix.as_os_str(), "-e".as_ref(), error_log.as_os_str(), "-c".as_ref(), nginx.conf.as_os_str()])
+        .args([
+            "-p".as_ref(),
+            nginx.prefix.as_os_str(),
+            "-e".as_ref(),
+            error_log.as_os_str(),
+            "-c".as_ref(),
+            nginx.conf.as_os_str(),
+        ])
         .output()
         .unwrap();
     assert!(launched.status.success(), "nginx (daemon) did not start: {launched:?}\n{}", nginx.error_log());
     let mut old = 0;
-    wait_until(WAIT, || {
-        old = read_pid(&pid_file).unwrap_or(0);
-        old != 0 && children_of(old).len() == 2
-    }, || format!("the daemon did not start; error.log:\n{}", nginx.error_log()));
+    wait_until(
+        WAIT,
+        || {
+            old = read_pid(&pid_file).unwrap_or(0);
+            old != 0 && children_of(old).len() == 2
+        },
+        || format!("the daemon did not start; error.log:\n{}", nginx.error_log()),
+    );
     // Declared after `nginx`: dropped (stopped) before the harness removes the prefix.
     let old_master = Master(old);
     started(&nginx, 4.0);
@@ -504,10 +548,14 @@ fn binary_upgrade_keeps_every_count() {
     let old_workers = children_of(old);
     signal(old, libc::SIGUSR2).unwrap();
     let mut new = 0;
-    wait_until(WAIT, || {
-        new = read_pid(&pid_file).unwrap_or(0);
-        new != old && new != 0 && read_pid(&oldbin) == Some(old) && children_of(new).len() == 2
-    }, || format!("no new master after USR2; error.log:\n{}", nginx.error_log()));
+    wait_until(
+        WAIT,
+        || {
+            new = read_pid(&pid_file).unwrap_or(0);
+            new != old && new != 0 && read_pid(&oldbin) == Some(old) && children_of(new).len() == 2
+        },
+        || format!("no new master after USR2; error.log:\n{}", nginx.error_log()),
+    );
     let new_master = Master(new);
     // The new workers have claimed their slots (each records a start in
     // init_worker) while the old ones still hold theirs: they take free slots.
@@ -570,15 +618,23 @@ fn more_live_workers_than_slots() {
     let region = Region::new();
     let nginx = start(&region, 2, "max_slots = 3", true);
     let port = nginx.port;
-    wait_until(WAIT, || {
-        let (_, exp) = scrape(nginx.metrics_port);
-        exp.value("worker_starts_total", &[]) == Some(2.0)
-    }, || "workers did not start".into());
+    wait_until(
+        WAIT,
+        || {
+            let (_, exp) = scrape(nginx.metrics_port);
+            exp.value("worker_starts_total", &[]) == Some(2.0)
+        },
+        || "workers did not start".into(),
+    );
     let (_, exp) = scrape(nginx.metrics_port);
     assert_eq!(slots(&exp), (2.0, 0.0, 0.0));
 
     let slow = thread::spawn(move || text(port, "/slow?s=3"));
-    wait_until(WAIT, || scrape(nginx.metrics_port).1.value("slow_inflight", &[]) == Some(1.0), || "no slow request".into());
+    wait_until(
+        WAIT,
+        || scrape(nginx.metrics_port).1.value("slow_inflight", &[]) == Some(1.0),
+        || "no slow request".into(),
+    );
     let reloaded = Instant::now();
     let old = nginx.reload();
     let new: Vec<i32> = nginx.worker_pids().into_iter().filter(|p| !old.contains(p)).collect();
@@ -592,19 +648,23 @@ fn more_live_workers_than_slots() {
     // the master has reaped it.
     let mut stable: Option<(f64, Instant)> = None;
     let mut recovered_at = gone;
-    wait_until(WAIT, || {
-        let (_, e) = scrape(nginx.metrics_port);
-        let n = e.expect("shmetrics_errors_total", &[("reason", "no_slot")]);
-        match stable {
-            _ if slots(&e) != (2.0, 0.0, 0.0) => stable = None,
-            Some((m, since)) if m == n => {
-                recovered_at = since;
-                return since.elapsed() >= Duration::from_millis(300);
+    wait_until(
+        WAIT,
+        || {
+            let (_, e) = scrape(nginx.metrics_port);
+            let n = e.expect("shmetrics_errors_total", &[("reason", "no_slot")]);
+            match stable {
+                _ if slots(&e) != (2.0, 0.0, 0.0) => stable = None,
+                Some((m, since)) if m == n => {
+                    recovered_at = since;
+                    return since.elapsed() >= Duration::from_millis(300);
+                }
+                _ => stable = Some((n, Instant::now())),
             }
-            _ => stable = Some((n, Instant::now())),
-        }
-        false
-    }, || "no recovery".into());
+            false
+        },
+        || "no recovery".into(),
+    );
     let recovered = recovered_at - gone;
     report!("no slot: old workers gone {:?} after the reload; slots recovered {recovered:?} later", gone - reloaded);
     assert!(recovered < Duration::from_secs(3), "recovery took {recovered:?}");
@@ -618,7 +678,8 @@ fn more_live_workers_than_slots() {
     let boot_refused = lines_with(&log, "hardening refused at start: all 2 worker slots") as f64;
     assert!((1.0..=2.0).contains(&boot_refused), "new workers refused at start: {boot_refused}");
     assert_eq!(exp.expect("worker_starts_total", &[]), 4.0 - boot_refused);
-    let refused = log_pids(&log, "[error]", "hardening refused: all 2 worker slots belong to live processes; raise max_slots");
+    let refused =
+        log_pids(&log, "[error]", "hardening refused: all 2 worker slots belong to live processes; raise max_slots");
     assert_errors(&exp, &[("no_slot", refused.len() as f64 + boot_refused)]);
     assert!(!refused.is_empty(), "a new worker was refused a slot");
     assert!(refused.iter().all(|p| new.contains(p)), "refusals only in new workers: {refused:?} vs {new:?}");
@@ -712,11 +773,13 @@ fn full_store_and_per_metric_limit_under_load() {
 
     // A warning per worker and family, at most once a minute: exactly the workers
     // that met the condition, once each.
-    let pids = |pred: &dyn Fn(&Counted) -> bool| answers.iter().filter(|a| pred(a)).map(|a| a.pid).collect::<BTreeSet<_>>();
+    let pids =
+        |pred: &dyn Fn(&Counted) -> bool| answers.iter().filter(|a| pred(a)).map(|a| a.pid).collect::<BTreeSet<_>>();
     for f in ["a", "b"] {
         let want = pids(&|a| a.family == f && a.refused.is_some());
         // (logged at level error since hot-path errors are: the first at once)
-        let mut got = log_pids(&log, "[error]", &format!("shmetrics: {f}_total: all 24 series are used; raise max_series"));
+        let mut got =
+            log_pids(&log, "[error]", &format!("shmetrics: {f}_total: all 24 series are used; raise max_series"));
         got.sort_unstable();
         assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "{f}_total: one line per worker that dropped");
     }

@@ -33,11 +33,26 @@ fn parser_reads_values_labels_and_escapes() {
     let fam = exp.family("gateway_requests_total").unwrap();
     assert_eq!(fam.kind.as_deref(), Some("counter"));
     assert_eq!(fam.help.as_deref(), Some("Requests \\ through\n the gateway"));
-    assert_eq!(exp.value("gateway_requests_total", &[("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")]), Some(12.0));
+    assert_eq!(
+        exp.value(
+            "gateway_requests_total",
+            &[("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")]
+        ),
+        Some(12.0)
+    );
     // label order in the query does not matter; the label set must be complete
-    assert_eq!(exp.value("gateway_requests_total", &[("namespace", "wechat"), ("path", "/v1/chat/completions"), ("method", "GET")]), Some(12.0));
+    assert_eq!(
+        exp.value(
+            "gateway_requests_total",
+            &[("namespace", "wechat"), ("path", "/v1/chat/completions"), ("method", "GET")]
+        ),
+        Some(12.0)
+    );
     assert_eq!(exp.value("gateway_requests_total", &[("method", "GET")]), None);
-    assert_eq!(exp.value("gateway_requests_total", &[("method", "POST"), ("path", "/a\"b\\c\nd"), ("namespace", "wechat")]), Some(3.0));
+    assert_eq!(
+        exp.value("gateway_requests_total", &[("method", "POST"), ("path", "/a\"b\\c\nd"), ("namespace", "wechat")]),
+        Some(3.0)
+    );
     assert_eq!(exp.sum("gateway_requests_total"), 15.0);
     assert_eq!(exp.value("lat_bucket", &[("ns", "a"), ("le", "+Inf")]), Some(4.0));
     assert_eq!(exp.family("lat").unwrap().kind.as_deref(), Some("histogram"));
@@ -75,14 +90,17 @@ fn parser_rejects_malformed_bodies() {
 #[test]
 fn histogram_check_finds_broken_histograms() {
     let body = |b1: u32, inf: u32, count: u32| {
-        format!("# TYPE h histogram\nh_bucket{{le=\"1\"}} {b1}\nh_bucket{{le=\"+Inf\"}} {inf}\nh_sum 1\nh_count {count}\n")
+        format!(
+            "# TYPE h histogram\nh_bucket{{le=\"1\"}} {b1}\nh_bucket{{le=\"+Inf\"}} {inf}\nh_sum 1\nh_count {count}\n"
+        )
     };
     assert!(Exposition::parse(&body(1, 2, 2)).unwrap().check_histograms().is_empty());
     let p = Exposition::parse(&body(1, 2, 3)).unwrap().check_histograms();
     assert!(p.len() == 1 && p[0].contains("+Inf bucket 2 != _count 3"), "{p:?}");
     let p = Exposition::parse(&body(3, 2, 2)).unwrap().check_histograms();
     assert!(p.len() == 1 && p[0].contains("bucket le=inf has 2 < bucket le=1 with 3"), "{p:?}");
-    let p = Exposition::parse("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n").unwrap().check_histograms();
+    let p =
+        Exposition::parse("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n").unwrap().check_histograms();
     assert!(p.len() == 2 && p[0].contains("no le=\"+Inf\" bucket"), "{p:?}");
     let p = Exposition::parse("# TYPE h histogram\nh_sum 1\nh_count 1\n").unwrap().check_histograms();
     assert!(p.len() == 1 && p[0].contains("_count without buckets"), "{p:?}");
@@ -90,8 +108,10 @@ fn histogram_check_finds_broken_histograms() {
 
 #[test]
 fn monotonic_check_finds_decreases_and_vanished_series() {
-    let a = Exposition::parse("# TYPE c_total counter\nc_total{x=\"1\"} 5\nc_total{x=\"2\"} 1\n# TYPE g gauge\ng 5\n").unwrap();
-    let b = Exposition::parse("# TYPE c_total counter\nc_total{x=\"1\"} 4.999999999999999\n# TYPE g gauge\ng 1\n").unwrap();
+    let a = Exposition::parse("# TYPE c_total counter\nc_total{x=\"1\"} 5\nc_total{x=\"2\"} 1\n# TYPE g gauge\ng 5\n")
+        .unwrap();
+    let b =
+        Exposition::parse("# TYPE c_total counter\nc_total{x=\"1\"} 4.999999999999999\n# TYPE g gauge\ng 1\n").unwrap();
     let p = check_monotonic(&a, &b);
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(p[0].contains("decreased from 5 to 4.999999999999999"), "{p:?}");
@@ -157,10 +177,15 @@ fn load_counts_match_the_access_log() {
     assert!(r.connections >= N / 100, "{} connections: Connection: close not followed?", r.connections);
     let log = nginx.prefix.join("logs/access.log");
     let lines = |status: &str| {
-        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains(&format!("HTTP/1.1\" {status} "))).count() as u64
+        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains(&format!("HTTP/1.1\" {status} "))).count()
+            as u64
     };
     // the access log is written in the log phase, after the response
-    common::nginx::wait_until(Duration::from_secs(10), || lines("200") + lines("404") == N, || format!("{} log lines", lines("200") + lines("404")));
+    common::nginx::wait_until(
+        Duration::from_secs(10),
+        || lines("200") + lines("404") == N,
+        || format!("{} log lines", lines("200") + lines("404")),
+    );
     assert_eq!((lines("200"), lines("404")), (r.ok, r.failed));
     nginx.assert_no_errors(&[]);
 }
@@ -206,7 +231,13 @@ fn scrape_loop_accepts_growing_and_reports_decreasing_counters() {
     let good = ScrapeLoop::start(nginx.metrics_port, "/metrics");
     std::thread::sleep(Duration::from_millis(300));
     let s = good.stop();
-    report!("harness scrape loop: {} scrapes in {:?}, promtool {} runs in {:?}", s.count, s.elapsed, s.promtool_runs, s.promtool_time);
+    report!(
+        "harness scrape loop: {} scrapes in {:?}, promtool {} runs in {:?}",
+        s.count,
+        s.elapsed,
+        s.promtool_runs,
+        s.promtool_time
+    );
     s.assert_clean();
     assert!(s.count >= 10, "only {} scrapes", s.count);
     assert_eq!(s.last.as_ref().unwrap().value("harness_scrapes_total", &[]), Some(s.count as f64));

@@ -30,7 +30,11 @@ fn reload_keeps_counts() {
     let s = scrapes.stop();
     report!(
         "reload: {REQUESTS} requests in {:?}: ok {} unknown {} resent {} connections {}",
-        r.elapsed, r.ok, r.unknown, r.resent, r.connections
+        r.elapsed,
+        r.ok,
+        r.unknown,
+        r.resent,
+        r.connections
     );
     report_scrapes("reload", &s);
 
@@ -67,7 +71,11 @@ fn kill_worker_keeps_counts() {
     let s = scrapes.stop();
     report!(
         "kill -9: {REQUESTS} requests in {:?}: ok {} unknown {} resent {} connections {}",
-        r.elapsed, r.ok, r.unknown, r.resent, r.connections
+        r.elapsed,
+        r.ok,
+        r.unknown,
+        r.resent,
+        r.connections
     );
     report_scrapes("kill -9", &s);
 

@@ -112,16 +112,30 @@ fn a_client_leaving_mid_body_stops_its_job() {
         // Leaves with data unread: the kernel answers the next piece with a reset.
         drop(s);
         let t0 = Instant::now();
-        nginx::wait_until(Duration::from_secs(10), || scrapes_logged(&nginx).len() == round + 2, || format!("{:?}", scrapes_logged(&nginx)));
+        nginx::wait_until(
+            Duration::from_secs(10),
+            || scrapes_logged(&nginx).len() == round + 2,
+            || format!("{:?}", scrapes_logged(&nginx)),
+        );
         let (status, sent) = *scrapes_logged(&nginx).last().unwrap();
         assert_eq!(status, 200);
-        assert!(sent < full / 2, "round {round}: {sent} of {full} bytes sent: the scrape went on after the client left");
+        assert!(
+            sent < full / 2,
+            "round {round}: {sent} of {full} bytes sent: the scrape went on after the client left"
+        );
         // The handler noticed, and stopped the job itself (not the GC, later).
-        let stopped: Vec<String> =
-            nginx.error_log().lines().filter(|l| l.contains("shmetrics: scrape stopped after ")).map(str::to_string).collect();
+        let stopped: Vec<String> = nginx
+            .error_log()
+            .lines()
+            .filter(|l| l.contains("shmetrics: scrape stopped after "))
+            .map(str::to_string)
+            .collect();
         assert_eq!(stopped.len(), round + 1, "{stopped:?}");
         nginx::wait_until(Duration::from_secs(2), || jobs(&nginx) == 0, || "a render job is still held".into());
-        report!("offload abort {round}: {sent} of {full} bytes sent; job gone {:?} after the client left", t0.elapsed());
+        report!(
+            "offload abort {round}: {sent} of {full} bytes sent; job gone {:?} after the client left",
+            t0.elapsed()
+        );
         assert_eq!(threads(worker), base, "threads after an abandoned scrape");
     }
     // The worker still serves whole scrapes.

@@ -44,7 +44,8 @@ const WAIT: Duration = Duration::from_secs(60);
 const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 const TTFT_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0];
 /// USD per million tokens (prometheus.conf's PRICES).
-const PRICES: &[(&str, f64, f64)] = &[("gpt-4o", 2.5, 10.0), ("gpt-4o-mini", 0.15, 0.6), ("text-embedding-3-small", 0.02, 0.0)];
+const PRICES: &[(&str, f64, f64)] =
+    &[("gpt-4o", 2.5, 10.0), ("gpt-4o-mini", 0.15, 0.6), ("text-embedding-3-small", 0.02, 0.0)];
 
 const CHAT: &str = "/v1/chat/completions";
 const EMBED: &str = "/v1/embeddings";
@@ -105,7 +106,18 @@ const BATCH: &[Class] = &[
         problem: None,
     },
     // The upstream fails (5xx) twice for wechat.
-    Class { ns: "wechat", route: CHAT, model: Some("gpt-4o"), status: 502, latencies: &[6.0, 12.0], ttft: None, tokens: None, limit: None, cache: Some("hit"), problem: None },
+    Class {
+        ns: "wechat",
+        route: CHAT,
+        model: Some("gpt-4o"),
+        status: 502,
+        latencies: &[6.0, 12.0],
+        ttft: None,
+        tokens: None,
+        limit: None,
+        cache: Some("hit"),
+        problem: None,
+    },
     // alipay over its token limit: refused with 429 before any upstream.
     Class {
         ns: "alipay",
@@ -119,9 +131,31 @@ const BATCH: &[Class] = &[
         cache: Some("hit"),
         problem: None,
     },
-    Class { ns: "wechat", route: CHAT, model: Some("gpt-4o"), status: 400, latencies: &[0.003], ttft: None, tokens: None, limit: None, cache: Some("hit"), problem: None },
+    Class {
+        ns: "wechat",
+        route: CHAT,
+        model: Some("gpt-4o"),
+        status: 400,
+        latencies: &[0.003],
+        ttft: None,
+        tokens: None,
+        limit: None,
+        cache: Some("hit"),
+        problem: None,
+    },
     // Not model calls.
-    Class { ns: "wechat", route: MODELS, model: None, status: 200, latencies: &[0.002, 0.003], ttft: None, tokens: None, limit: None, cache: None, problem: None },
+    Class {
+        ns: "wechat",
+        route: MODELS,
+        model: None,
+        status: 200,
+        latencies: &[0.002, 0.003],
+        ttft: None,
+        tokens: None,
+        limit: None,
+        cache: None,
+        problem: None,
+    },
     // No X-Namespace header ("default"); an answer without usage.
     Class {
         ns: "default",
@@ -214,7 +248,8 @@ fn send_batch(nginx: &Nginx, phases: f64) {
         ("cache_hits_total", want(&|c| if c.cache == Some("hit") { c.n() } else { 0.0 })),
         ("gateway_instrumentation_errors_total", phases),
     ];
-    let (_, exp) = scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| families.iter().all(|(f, n)| e.sum(f) >= *n));
+    let (_, exp) =
+        scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| families.iter().all(|(f, n)| e.sum(f) >= *n));
     for (f, n) in families {
         assert_eq!(exp.sum(f), n, "{f} in nginx after {phases} batches");
     }
@@ -236,7 +271,8 @@ fn key(v: &[&str]) -> Vec<String> {
 
 /// Cumulative bucket counts of `latencies` over `bounds` (+Inf last).
 fn buckets(latencies: &[f64], bounds: &[f64]) -> Vec<(f64, f64)> {
-    let mut out: Vec<(f64, f64)> = bounds.iter().map(|&b| (b, latencies.iter().filter(|&&v| v <= b).count() as f64)).collect();
+    let mut out: Vec<(f64, f64)> =
+        bounds.iter().map(|&b| (b, latencies.iter().filter(|&&v| v <= b).count() as f64)).collect();
     out.push((f64::INFINITY, latencies.len() as f64));
     out
 }
@@ -273,16 +309,34 @@ fn check_plan_queries(prom: &Prometheus, t: i64) -> Vec<String> {
     assert_eq!(rates.len(), routes.len(), "{expr}: one rate per route, status and namespace: {rates:?}");
     let mut factor = None;
     for r in &rates {
-        let series = raw.iter().find(|s| s.labels == with_name(&r.labels, "http_requests_total")).expect("raw samples of the series");
+        let series = raw
+            .iter()
+            .find(|s| s.labels == with_name(&r.labels, "http_requests_total"))
+            .expect("raw samples of the series");
         let want = extrapolated_rate(&series.points, t, 300_000).unwrap();
         assert_near(&format!("{expr} {:?}", r.labels), r.value, want);
-        let sent = total(|c| c.route == r.label("endpoint") && c.status.to_string() == r.label("status_code") && c.ns == r.label("namespace"), Class::n);
+        let sent = total(
+            |c| {
+                c.route == r.label("endpoint")
+                    && c.status.to_string() == r.label("status_code")
+                    && c.ns == r.label("namespace")
+            },
+            Class::n,
+        );
         assert_eq!(series.points[0].1, sent, "first sample: the first batch, {:?}", r.labels);
         assert_eq!(series.points.last().unwrap().1, 2.0 * sent, "last sample: both batches, {:?}", r.labels);
         let f = r.value / sent;
         assert_near("one extrapolation factor for every series", f, *factor.get_or_insert(f));
     }
-    note(expr, format!("{} series, each = Prometheus's extrapolated rate of its raw samples (e.g. {:?} {})", rates.len(), rates[0].labels, rates[0].value));
+    note(
+        expr,
+        format!(
+            "{} series, each = Prometheus's extrapolated rate of its raw samples (e.g. {:?} {})",
+            rates.len(),
+            rates[0].labels,
+            rates[0].value
+        ),
+    );
 
     // The plan's success ratio: exactly 25 of 30.
     let expr = r#"sum(rate(http_requests_total{status_code=~"2.."}[5m])) / sum(rate(http_requests_total[5m])) * 100"#;
@@ -329,7 +383,10 @@ fn check_plan_queries(prom: &Prometheus, t: i64) -> Vec<String> {
     let want_by = |f: &dyn Fn(&Class) -> f64, only_with_tokens: bool| -> BTreeMap<Vec<String>, f64> {
         model_ns
             .iter()
-            .filter(|k| !only_with_tokens || BATCH.iter().any(|c| c.model == Some(k[0].as_str()) && c.ns == k[1] && c.tokens.is_some()))
+            .filter(|k| {
+                !only_with_tokens
+                    || BATCH.iter().any(|c| c.model == Some(k[0].as_str()) && c.ns == k[1] && c.tokens.is_some())
+            })
             .map(|k| (k.clone(), 2.0 * total(|c| c.model == Some(k[0].as_str()) && c.ns == k[1], f)))
             .collect()
     };
@@ -388,7 +445,8 @@ fn check_plan_queries(prom: &Prometheus, t: i64) -> Vec<String> {
         assert_eq!(got, [(key(&["alipay", "tokens_per_minute"]), 4.0)].into(), "{expr}");
         note(&expr, format!("{got:?}"));
     }
-    let expr = "sum(rate(cache_hits_total[5m])) / (sum(rate(cache_hits_total[5m])) + sum(rate(cache_misses_total[5m])))";
+    let expr =
+        "sum(rate(cache_hits_total[5m])) / (sum(rate(cache_hits_total[5m])) + sum(rate(cache_misses_total[5m])))";
     let v = q(expr);
     let hits = total(|c| c.cache == Some("hit"), Class::n);
     let misses = total(|c| c.cache == Some("miss"), Class::n);
@@ -438,11 +496,14 @@ fn check_dashboard(prom: &Prometheus, t: i64, may_be_empty: &[&str]) {
             Err(err) => failures.push(format!("{place}: {err}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} dashboard expressions failed:\n{}", failures.len(), exprs.len(), failures.join("\n"));
-    eprintln!(
-        "[verified] all {} Grafana dashboard expressions parse; all return data but {empty:?}",
-        exprs.len()
+    assert!(
+        failures.is_empty(),
+        "{} of {} dashboard expressions failed:\n{}",
+        failures.len(),
+        exprs.len(),
+        failures.join("\n")
     );
+    eprintln!("[verified] all {} Grafana dashboard expressions parse; all return data but {empty:?}", exprs.len());
 }
 
 /// The lines nginx logged for Prometheus's scrapes (its User-Agent), as
@@ -464,7 +525,13 @@ fn prometheus_scrapes(nginx: &Nginx) -> Vec<Vec<String>> {
 /// show the first batch (`sum(gateway_requests_total)` = `batch_size`), sends the
 /// batch again (`send(2.0)`, which returns once nginx has recorded it all) and waits
 /// for a scrape that has it all. Returns the evaluation time for the checks.
-fn run(send: impl Fn(f64), batch_size: f64, start: impl FnOnce() -> Prometheus, targets: usize, up_selector: &str) -> (Prometheus, i64) {
+fn run(
+    send: impl Fn(f64),
+    batch_size: f64,
+    start: impl FnOnce() -> Prometheus,
+    targets: usize,
+    up_selector: &str,
+) -> (Prometheus, i64) {
     send(1.0);
     let prom = start();
     prom.wait_targets_up(targets, WAIT);
@@ -625,7 +692,8 @@ fn text_scrape_in_two_parts() {
         job("gateway-part-a", PART_A),
         job("gateway-part-b", PART_B)
     );
-    let (prom, t) = run(send_known(&nginx), BATCH_SIZE, || Prometheus::start("text", &config), 2, r#"up{job=~"gateway-part-.+"}"#);
+    let (prom, t) =
+        run(send_known(&nginx), BATCH_SIZE, || Prometheus::start("text", &config), 2, r#"up{job=~"gateway-part-.+"}"#);
 
     // Each family came from its part only.
     let names = prom.query_at(r#"group by (__name__, job) ({job=~"gateway-part-.+"})"#, t).unwrap().samples();
@@ -641,13 +709,18 @@ fn text_scrape_in_two_parts() {
         for f in families {
             let jobs = seen
                 .iter()
-                .filter(|(n, _)| *n == f || n.strip_prefix(f).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s)))
+                .filter(|(n, _)| {
+                    *n == f || n.strip_prefix(f).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))
+                })
                 .flat_map(|(_, j)| j.iter().cloned())
                 .collect::<BTreeSet<_>>();
             assert_eq!(jobs, [part.to_string()].into(), "{f}: scraped by {jobs:?}");
         }
     }
-    assert!(seen.keys().all(|n| [PART_A, PART_B].concat().iter().any(|f| n.starts_with(f))), "unexpected series: {seen:?}");
+    assert!(
+        seen.keys().all(|n| [PART_A, PART_B].concat().iter().any(|f| n.starts_with(f))),
+        "unexpected series: {seen:?}"
+    );
 
     check_plan_queries(&prom, t);
     check_dashboard(&prom, t, &[]);
@@ -671,7 +744,6 @@ fn text_scrape_in_two_parts() {
 // of its mock OpenAI-compatible upstream). Durations are real here, so the
 // latency quantiles are checked against Prometheus's formulas applied to the raw
 // bucket samples it stored; every count, token and cost is known exactly.
-
 
 struct GwRequest {
     ns: &'static str,
@@ -740,14 +812,29 @@ fn gateway_batch() -> Vec<GwRequest> {
     r.headers.push(("X-Mock-Body", "no_usage"));
     r.tokens = None;
     v.push(r);
-    v.push(GwRequest { ns: "default", method: "GET", path: MODELS, headers: vec![], body: String::new(), status: 200, model: None, tokens: None });
+    v.push(GwRequest {
+        ns: "default",
+        method: "GET",
+        path: MODELS,
+        headers: vec![],
+        body: String::new(),
+        status: 200,
+        model: None,
+        tokens: None,
+    });
     v
 }
 
 /// `histogram_quantile(q, ...)` of `rate(<metric>_bucket[5m])` at `t`, computed by the
 /// test from the raw bucket samples Prometheus stored: per label set, or summed by
 /// `le` over everything when `all`.
-fn reference_quantiles(prom: &Prometheus, t: i64, metric: &str, q: f64, all: bool) -> BTreeMap<BTreeMap<String, String>, f64> {
+fn reference_quantiles(
+    prom: &Prometheus,
+    t: i64,
+    metric: &str,
+    q: f64,
+    all: bool,
+) -> BTreeMap<BTreeMap<String, String>, f64> {
     let raw = match prom.query_at(&format!("{metric}_bucket[5m]"), t).unwrap() {
         QueryResult::Matrix(m) => m,
         other => panic!("raw samples: {other:?}"),
@@ -779,7 +866,9 @@ fn gateway_module_through_prometheus() {
     );
     let batch = gateway_batch();
     let n = batch.len() as f64;
-    let per = |keep: &dyn Fn(&GwRequest) -> bool, f: &dyn Fn(&GwRequest) -> f64| batch.iter().filter(|r| keep(r)).map(f).sum::<f64>();
+    let per = |keep: &dyn Fn(&GwRequest) -> bool, f: &dyn Fn(&GwRequest) -> f64| {
+        batch.iter().filter(|r| keep(r)).map(f).sum::<f64>()
+    };
     let out_tokens = per(&|_| true, &|r| r.tokens.map_or(0.0, |t| t.1));
     let send = |phases: f64| {
         for r in &batch {
@@ -798,7 +887,8 @@ fn gateway_module_through_prometheus() {
             ("model_tokens_output_total", phases * out_tokens),
             ("gateway_instrumentation_errors_total", phases),
         ];
-        let (_, exp) = scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| want.iter().all(|(f, v)| e.sum(f) >= *v));
+        let (_, exp) =
+            scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| want.iter().all(|(f, v)| e.sum(f) >= *v));
         for (f, v) in want {
             assert_eq!(exp.sum(f), v, "{f} in nginx after {phases} batches");
         }
@@ -830,7 +920,8 @@ fn gateway_module_through_prometheus() {
             *want.entry("model_tokens_input_total").or_default().entry(k.clone()).or_insert(0.0) += 2.0 * i;
             *want.entry("model_tokens_output_total").or_default().entry(k.clone()).or_insert(0.0) += 2.0 * o;
             let p = PRICES.iter().find(|p| p.0 == r.model.unwrap()).unwrap();
-            *want.entry("model_cost_usd_total").or_default().entry(k).or_insert(0.0) += 2.0 * (i * p.1 / 1e6 + o * p.2 / 1e6);
+            *want.entry("model_cost_usd_total").or_default().entry(k).or_insert(0.0) +=
+                2.0 * (i * p.1 / 1e6 + o * p.2 / 1e6);
         }
     }
     for (family, w) in &want {
@@ -844,14 +935,40 @@ fn gateway_module_through_prometheus() {
     }
     assert_eq!(want["model_requests_total"][&key(&["gpt-4o", "wechat"])], 16.0);
     for (expr, labels, w) in [
-        ("sum by (error_type, namespace, upstream) (errors_total)", &["error_type", "namespace", "upstream"][..],
-         BTreeMap::from([(key(&["client_error", "wechat", "none"]), 2.0), (key(&["upstream_5xx", "wechat", "openai"]), 2.0)])),
-        ("sum by (namespace, rule_type) (rate_limit_hits_total)", &["namespace", "rule_type"][..], BTreeMap::from([(key(&["wechat", "token_limit"]), 2.0)])),
-        ("sum by (namespace, rule_type) (rate_limit_violations_total)", &["namespace", "rule_type"][..], BTreeMap::from([(key(&["wechat", "token_limit"]), 2.0)])),
+        (
+            "sum by (error_type, namespace, upstream) (errors_total)",
+            &["error_type", "namespace", "upstream"][..],
+            BTreeMap::from([
+                (key(&["client_error", "wechat", "none"]), 2.0),
+                (key(&["upstream_5xx", "wechat", "openai"]), 2.0),
+            ]),
+        ),
+        (
+            "sum by (namespace, rule_type) (rate_limit_hits_total)",
+            &["namespace", "rule_type"][..],
+            BTreeMap::from([(key(&["wechat", "token_limit"]), 2.0)]),
+        ),
+        (
+            "sum by (namespace, rule_type) (rate_limit_violations_total)",
+            &["namespace", "rule_type"][..],
+            BTreeMap::from([(key(&["wechat", "token_limit"]), 2.0)]),
+        ),
         // The namespace cache (a shared dict) misses once per namespace.
-        ("sum by (cache_type) (cache_misses_total)", &["cache_type"][..], BTreeMap::from([(key(&["namespace_config"]), 3.0)])),
-        ("sum by (cache_type) (cache_hits_total)", &["cache_type"][..], BTreeMap::from([(key(&["namespace_config"]), 2.0 * n - 3.0)])),
-        ("sum by (reason) (gateway_instrumentation_errors_total)", &["reason"][..], BTreeMap::from([(key(&["usage_missing"]), 2.0)])),
+        (
+            "sum by (cache_type) (cache_misses_total)",
+            &["cache_type"][..],
+            BTreeMap::from([(key(&["namespace_config"]), 3.0)]),
+        ),
+        (
+            "sum by (cache_type) (cache_hits_total)",
+            &["cache_type"][..],
+            BTreeMap::from([(key(&["namespace_config"]), 2.0 * n - 3.0)]),
+        ),
+        (
+            "sum by (reason) (gateway_instrumentation_errors_total)",
+            &["reason"][..],
+            BTreeMap::from([(key(&["usage_missing"]), 2.0)]),
+        ),
     ] {
         let got = by(&q(expr), labels);
         assert_eq!(got, w, "{expr}");
@@ -873,9 +990,21 @@ fn gateway_module_through_prometheus() {
     }
     show(expr, &format!("{} series = the extrapolated rates of their raw samples", rates.len()));
     for (metric, expr, all) in [
-        ("http_request_duration_seconds", "histogram_quantile(0.95, rate(http_request_duration_seconds_bucket[5m]))", false),
-        ("http_request_duration_seconds", "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))", true),
-        ("model_time_to_first_token_seconds", "histogram_quantile(0.95, sum by (le) (rate(model_time_to_first_token_seconds_bucket[5m])))", true),
+        (
+            "http_request_duration_seconds",
+            "histogram_quantile(0.95, rate(http_request_duration_seconds_bucket[5m]))",
+            false,
+        ),
+        (
+            "http_request_duration_seconds",
+            "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[5m])))",
+            true,
+        ),
+        (
+            "model_time_to_first_token_seconds",
+            "histogram_quantile(0.95, sum by (le) (rate(model_time_to_first_token_seconds_bucket[5m])))",
+            true,
+        ),
     ] {
         let want = reference_quantiles(&prom, t, metric, 0.95, all);
         let got: BTreeMap<BTreeMap<String, String>, f64> = q(expr).into_iter().map(|s| (s.labels, s.value)).collect();

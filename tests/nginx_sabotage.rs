@@ -125,7 +125,11 @@ fn reconfigure(nginx: &Nginx, vars: &[(&str, &str)]) {
 }
 
 fn wait_log(nginx: &Nginx, what: &str) {
-    wait_until(Duration::from_secs(30), || nginx.error_log().contains(what), || format!("{what:?} not in error.log:\n{}", nginx.error_log()));
+    wait_until(
+        Duration::from_secs(30),
+        || nginx.error_log().contains(what),
+        || format!("{what:?} not in error.log:\n{}", nginx.error_log()),
+    );
 }
 
 /// A start refused for want of room: a clean exit (status 1, no signal), and
@@ -308,7 +312,8 @@ fn full_tmpfs_reload_while_an_old_worker_drains() {
     assert!(!refused.is_empty(), "a new worker was refused a slot: {during:?}");
     assert!(refused.iter().all(|p| !during.ok_pids.contains(p)), "a refused worker recorded: {during:?}");
     assert!(during.refused_pids.iter().all(|p| fresh.contains(p)), "only new workers are refused: {during:?}");
-    let want = "cannot reserve 1280256 bytes for worker slot 3 in \"/dev/shm/shmetrics-sabotage\": No space left on device";
+    let want =
+        "cannot reserve 1280256 bytes for worker slot 3 in \"/dev/shm/shmetrics-sabotage\": No space left on device";
     for why in &during.refused {
         assert!(why.contains(want) && why.contains("this process records nothing"), "refusal {why:?}");
     }
@@ -379,7 +384,13 @@ fn truncated_region_then_reload() {
     signal(nginx.master_pid(), libc::SIGHUP).expect("SIGHUP");
     let cut = format!("the region file \"{REGION}\" was cut to 0 bytes while nginx ran (it is {len} bytes)");
     wait_log(&nginx, &cut);
-    assert!(nginx.error_log().contains("its size was restored and its registries reserved again, so running workers do not crash"), "{}", nginx.error_log());
+    assert!(
+        nginx
+            .error_log()
+            .contains("its size was restored and its registries reserved again, so running workers do not crash"),
+        "{}",
+        nginx.error_log()
+    );
     assert_eq!(fs::metadata(&file).unwrap().len(), len, "the master restored the size");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(nginx.worker_pids(), workers, "a failed reload keeps the old workers, starts none");
@@ -397,12 +408,17 @@ fn truncated_region_then_reload() {
     for why in &t.refused {
         assert_eq!(why, "sab_hits_total: no family with id 0", "refusal after the cut");
     }
-    let overwritten = format!("rendering failed: the region file \"{REGION}\" was overwritten while nginx ran (wrong magic");
+    let overwritten =
+        format!("rendering failed: the region file \"{REGION}\" was overwritten while nginx ran (wrong magic");
     assert!(scrape_or_reason(&nginx, &overwritten).is_none(), "a zeroed region is not served");
 
     // Cut again: this time a scrape finds it first.
     fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(4096).unwrap();
-    assert!(scrape_or_reason(&nginx, "rendering failed: the region file \"/dev/shm/shmetrics-sabotage\" was cut to 4096 bytes").is_none());
+    assert!(scrape_or_reason(
+        &nginx,
+        "rendering failed: the region file \"/dev/shm/shmetrics-sabotage\" was cut to 4096 bytes"
+    )
+    .is_none());
     assert_eq!(fs::metadata(&file).unwrap().len(), len, "the scrape restored the size");
     for i in 0..100 {
         if let Err((_, why)) = hit(nginx.port, &format!("a{}", i % 10), "hits") {

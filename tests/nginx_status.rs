@@ -130,7 +130,10 @@ impl Browser {
         let target = target["targetId"].as_str().expect("targetId").to_string();
         let attached = b.call("Target.attachToTarget", json!({"targetId": target, "flatten": true}));
         b.session = Some(attached["sessionId"].as_str().expect("sessionId").to_string());
-        b.call("Emulation.setDeviceMetricsOverride", json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}));
+        b.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        );
         // Every Content-Security-Policy violation of every page, for `shown()`: a
         // hostile value that tried to load or run something leaves one here.
         b.call("Page.enable", json!({}));
@@ -294,7 +297,10 @@ impl Call {
             return format!(r#"{{"model":"{}","input":"hello from the status test"}}"#, self.model);
         }
         let stream = if self.stream { r#","stream":true,"stream_options":{"include_usage":true}"# } else { "" };
-        format!(r#"{{"model":"{}"{stream},"messages":[{{"role":"user","content":"Hi from {}"}}]}}"#, self.model, self.ns)
+        format!(
+            r#"{{"model":"{}"{stream},"messages":[{{"role":"user","content":"Hi from {}"}}]}}"#,
+            self.model, self.ns
+        )
     }
 
     fn send(&self, port: u16) {
@@ -307,7 +313,14 @@ impl Call {
             h.push(("X-Mock-Status", s));
         }
         let r = request_once(port, "POST", self.path, &h, &self.body());
-        assert_eq!(r.status, self.fail.unwrap_or(200), "{} {}: {}", self.path, self.body(), String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            self.fail.unwrap_or(200),
+            "{} {}: {}",
+            self.path,
+            self.body(),
+            String::from_utf8_lossy(&r.body)
+        );
     }
 
     /// (input, output) tokens: the mock counts the body's bytes as prompt tokens and
@@ -422,7 +435,8 @@ fn minus(now: &[(f64, f64)], before: Option<&Vec<(f64, f64)>>) -> Vec<(f64, f64)
 
 fn settle(nginx: &Nginx, calls: &[Call]) -> Exposition {
     let want = calls.len() as f64;
-    let (_, exp) = scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| e.sum("namespace_requests_total") >= want);
+    let (_, exp) =
+        scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| e.sum("namespace_requests_total") >= want);
     assert_eq!(exp.sum("namespace_requests_total"), want, "requests recorded");
     exp
 }
@@ -476,7 +490,9 @@ fn gateway_figures_match_the_traffic() {
         c.send(nginx.port);
     }
     let all: Vec<&Call> = first.iter().chain(&second).collect();
-    let (_, _) = scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| e.sum("namespace_requests_total") >= all.len() as f64);
+    let (_, _) = scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| {
+        e.sum("namespace_requests_total") >= all.len() as f64
+    });
     b.poll();
     b.wait_polls(2);
     let view2: Value = serde_json::from_slice(&request_once(nginx.metrics_port, "GET", hist, &[], "").body).unwrap();
@@ -507,8 +523,14 @@ fn gateway_figures_match_the_traffic() {
     }
 
     // Models, with the second batch's quantiles.
-    let lat = (buckets_by_model(&view1, "model_request_duration_seconds"), buckets_by_model(&view2, "model_request_duration_seconds"));
-    let ttft = (buckets_by_model(&view1, "model_time_to_first_token_seconds"), buckets_by_model(&view2, "model_time_to_first_token_seconds"));
+    let lat = (
+        buckets_by_model(&view1, "model_request_duration_seconds"),
+        buckets_by_model(&view2, "model_request_duration_seconds"),
+    );
+    let ttft = (
+        buckets_by_model(&view1, "model_time_to_first_token_seconds"),
+        buckets_by_model(&view2, "model_time_to_first_token_seconds"),
+    );
     let rows = two["models"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
     assert_eq!(names, ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"], "model rows");
@@ -590,7 +612,10 @@ fn hostile_values_are_text() {
     assert_eq!(shown["gateway"], false, "no gateway catalog in this registry");
     assert_eq!(shown["seriesHelp"], HOSTILE_HELP);
     let fam = &shown["families"][0];
-    assert_eq!((fam[0].as_str(), fam[2].as_str(), fam[3].as_str()), (Some("hostile_total"), Some("6"), Some(HOSTILE_HELP)));
+    assert_eq!(
+        (fam[0].as_str(), fam[2].as_str(), fam[3].as_str()),
+        (Some("hostile_total"), Some("6"), Some(HOSTILE_HELP))
+    );
     assert_eq!(shown["seriesHead"], json!(["v", "value", "rate/s"]));
     let got: Vec<&str> = shown["series"].as_array().unwrap().iter().map(|r| r[0].as_str().unwrap()).collect();
     let want: Vec<String> = HOSTILE.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
@@ -638,7 +663,12 @@ fn a_poll_is_bounded_at_100k_series() {
     let catalog = summary["catalog"]["families"].as_array().unwrap();
     assert_eq!(catalog.len(), 2);
     for f in catalog {
-        assert_eq!((f["series"].as_array().unwrap().len(), f["series_count"].as_u64()), (1000, Some(CATALOG as u64)), "{}", f["name"]);
+        assert_eq!(
+            (f["series"].as_array().unwrap().len(), f["series_count"].as_u64()),
+            (1000, Some(CATALOG as u64)),
+            "{}",
+            f["name"]
+        );
     }
     let catalog_bytes = serde_json::to_vec(&summary["catalog"]).unwrap().len();
     assert_eq!(summary["self"]["shmetrics_series_capacity"], 110000);
@@ -662,9 +692,15 @@ fn a_poll_is_bounded_at_100k_series() {
     assert_eq!(whole.status, 200);
     // The bound: family headers and counts, the catalog (none here), the
     // self-metrics, and at most 100 series of one family.
-    assert!(summary_bytes - catalog_bytes < 4096, "summary poll {summary_bytes} bytes, {catalog_bytes} of them the catalog");
+    assert!(
+        summary_bytes - catalog_bytes < 4096,
+        "summary poll {summary_bytes} bytes, {catalog_bytes} of them the catalog"
+    );
     assert!(summary_bytes < 512 * 1024, "summary poll {summary_bytes} bytes");
-    assert!(page_bytes - catalog_bytes < 16384 && found_bytes - catalog_bytes < 16384, "page polls {page_bytes} / {found_bytes} bytes");
+    assert!(
+        page_bytes - catalog_bytes < 16384 && found_bytes - catalog_bytes < 16384,
+        "page polls {page_bytes} / {found_bytes} bytes"
+    );
     assert!(whole.body.len() > 3_000_000, "the whole JSON view: {} bytes", whole.body.len());
     report!(
         "status data at {} series: a poll without a family {summary_bytes} B ({catalog_bytes} B of it the catalog at 2 x 1000 series) \
@@ -685,8 +721,12 @@ fn a_poll_is_bounded_at_100k_series() {
     assert!(banner.starts_with("Series store 94.5% full (104,001 of 110,000)"), "banner: {banner:?}");
     assert_eq!(b.eval("document.getElementById('banner').className"), "banner warn");
     assert_eq!(shown["selfSeries"], "104,001 of 110,000 series (94.5%)");
-    let fams: Vec<(&str, &str)> =
-        shown["families"].as_array().unwrap().iter().map(|r| (r[0].as_str().unwrap(), r[2].as_str().unwrap())).collect();
+    let fams: Vec<(&str, &str)> = shown["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap(), r[2].as_str().unwrap()))
+        .collect();
     assert_eq!(fams[0], ("big_total", "100,000"));
     drop(b);
     nginx.assert_no_errors(&[]);
@@ -716,7 +756,9 @@ fn methods_arguments_and_headers() {
     for external in ["src=", "href=", "http://", "https://", "@import", "url("] {
         assert!(!html.contains(external), "the page refers to something outside it: {external}");
     }
-    for bad in ["limit=101", "limit=x", "offset=-1", "offset=1.5", "family=a&family=b", &format!("match={}", "x".repeat(300))] {
+    for bad in
+        ["limit=101", "limit=x", "offset=-1", "offset=1.5", "family=a&family=b", &format!("match={}", "x".repeat(300))]
+    {
         let r = request_once(port, "GET", &format!("/status?data=1&{bad}"), &[], "");
         assert_eq!(r.status, 400, "{bad}");
     }
@@ -748,7 +790,11 @@ fn demo_screenshot() {
         while !flag.load(Ordering::Relaxed) {
             let c = &mix[(i % mix.len() as u64) as usize];
             if i % 11 == 7 {
-                Call { fail: Some(500), ..Call { ns: "alipay", path: CHAT, model: "gpt-4o", stream: false, fail: None } }.send(port);
+                Call {
+                    fail: Some(500),
+                    ..Call { ns: "alipay", path: CHAT, model: "gpt-4o", stream: false, fail: None }
+                }
+                .send(port);
             }
             c.send(port);
             i += 1;

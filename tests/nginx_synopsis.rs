@@ -21,16 +21,22 @@ const REQUESTS: u64 = 1000;
 /// The first fenced block of `lang` after the heading `heading` in README.md.
 fn readme_block(heading: &str, lang: &str) -> String {
     let readme = std::fs::read_to_string(repo_dir().join("README.md")).expect("read README.md");
-    let section = readme.split_once(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README.md has no {heading:?}")).1;
+    let section =
+        readme.split_once(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README.md has no {heading:?}")).1;
     let fence = format!("```{lang}\n");
-    let start = section.find(&fence).unwrap_or_else(|| panic!("no ```{lang} block under {heading:?} in README.md")) + fence.len();
+    let start = section.find(&fence).unwrap_or_else(|| panic!("no ```{lang} block under {heading:?} in README.md"))
+        + fence.len();
     let len = section[start..].find("\n```").expect("unterminated code block in README.md");
     section[start..start + len + 1].to_string()
 }
 
 /// Replaces `from` (which must occur exactly once) by `to`.
 fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(text.matches(from).count(), 1, "README Synopsis: expected `{from}` exactly once — update tests/nginx_synopsis.rs with it");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "README Synopsis: expected `{from}` exactly once — update tests/nginx_synopsis.rs with it"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -67,7 +73,8 @@ struct RegionLock(#[allow(dead_code)] std::fs::File); // held for its lock
 
 impl RegionLock {
     fn take() -> RegionLock {
-        let file = std::fs::File::create(Path::new(&std::env::temp_dir()).join("shmetrics-gateway-region.lock")).unwrap();
+        let file =
+            std::fs::File::create(Path::new(&std::env::temp_dir()).join("shmetrics-gateway-region.lock")).unwrap();
         // SAFETY: flock on an open descriptor we own.
         assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
         RegionLock(file)
@@ -93,13 +100,22 @@ fn synopsis_conf() {
     // One request, then the README's example output (its "..." elided).
     assert_eq!(get(nginx.port, "/").unwrap().status, 200);
     let (body, _) = scrape_until(nginx.metrics_port, Duration::from_secs(5), |e| {
-        e.value("gateway_requests_total", &[("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")]) == Some(1.0)
+        e.value(
+            "gateway_requests_total",
+            &[("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")],
+        ) == Some(1.0)
     });
     let shown = readme_block("`curl localhost:9145/metrics` then shows, after one request to port 8080:", "");
     let mut lines = body.lines();
     for want in shown.lines().filter(|l| *l != "...") {
         // A bucket's value depends on this request's latency: compare the series only.
-        let series = |l: &str| if l.contains("_bucket{") { l.rsplit_once(' ').map(|p| p.0.to_string()).unwrap_or_default() } else { l.to_string() };
+        let series = |l: &str| {
+            if l.contains("_bucket{") {
+                l.rsplit_once(' ').map(|p| p.0.to_string()).unwrap_or_default()
+            } else {
+                l.to_string()
+            }
+        };
         assert!(
             lines.any(|got| series(got) == series(want)),
             "README's example line {want:?} not in the exposition (in order):\n{body}"
@@ -111,12 +127,21 @@ fn synopsis_conf() {
     let labels = [("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")];
     let (body, exp) = scrape_until(nginx.metrics_port, Duration::from_secs(10), |e| {
         e.value("gateway_request_duration_seconds_count", &labels) >= Some(REQUESTS as f64)
-            && e.value("model_cost_usd_total", &[("model", "gpt-4"), ("namespace", "wechat")]) >= Some(REQUESTS as f64 * 0.0042 * (1.0 - 1e-9))
+            && e.value("model_cost_usd_total", &[("model", "gpt-4"), ("namespace", "wechat")])
+                >= Some(REQUESTS as f64 * 0.0042 * (1.0 - 1e-9))
     });
     assert_eq!(exp.expect("gateway_requests_total", &labels), REQUESTS as f64);
     assert_eq!(exp.expect("gateway_request_duration_seconds_count", &labels), REQUESTS as f64);
-    assert_eq!(exp.expect("gateway_request_duration_seconds_bucket", &[labels[0], labels[1], labels[2], ("le", "+Inf")]), REQUESTS as f64);
-    assert_close("model_cost_usd_total", exp.expect("model_cost_usd_total", &[("model", "gpt-4"), ("namespace", "wechat")]), REQUESTS as f64 * 0.0042, 1e-9);
+    assert_eq!(
+        exp.expect("gateway_request_duration_seconds_bucket", &[labels[0], labels[1], labels[2], ("le", "+Inf")]),
+        REQUESTS as f64
+    );
+    assert_close(
+        "model_cost_usd_total",
+        exp.expect("model_cost_usd_total", &[("model", "gpt-4"), ("namespace", "wechat")]),
+        REQUESTS as f64 * 0.0042,
+        1e-9,
+    );
     assert_eq!(exp.expect("gateway_inflight_requests", &[]), 0.0, "access inc(1) and log inc(-1)");
     assert!(exp.check_histograms().is_empty(), "{:?}", exp.check_histograms());
     let warnings = promtool_lint(&body).unwrap();

@@ -11,7 +11,8 @@ const REQUESTS: u64 = 20_000;
 const WORKERS: usize = 4;
 
 /// nginx-lua-prometheus's default buckets, which the README documents as ours.
-const DEFAULT_BUCKETS: [f64; 19] = [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0];
+const DEFAULT_BUCKETS: [f64; 19] =
+    [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0];
 
 #[test]
 fn worker_init_definitions() {

@@ -110,7 +110,10 @@ fn dashboard_is_well_formed() {
             assert_eq!(ds(t).as_deref(), Some("${datasource}"), "{title}: target datasource");
         }
     }
-    assert_eq!(rows, ["Gateway", "Namespaces", "Models, tokens and cost", "Rate limits", "Cache", "shmetrics (the metrics store)"]);
+    assert_eq!(
+        rows,
+        ["Gateway", "Namespaces", "Models, tokens and cost", "Rate limits", "Cache", "shmetrics (the metrics store)"]
+    );
 
     // Every expression expands to plain PromQL, and the catalog is all there.
     let exprs: Vec<String> = dashboard_exprs(&doc).into_iter().map(|(_, e)| grafana_expand(&e)).collect();
@@ -136,7 +139,12 @@ fn dashboard_tables_merge_queries_and_spend_is_money() {
         let transforms = p.get("transformations").and_then(Json::as_array).unwrap_or(&[]);
         let ids: Vec<&str> = transforms.iter().filter_map(|t| t.get("id").and_then(Json::as_str)).collect();
         if targets.len() > 1 {
-            assert_eq!(ids.first(), Some(&"merge"), "{title}: {} queries need a merge transformation first: {ids:?}", targets.len());
+            assert_eq!(
+                ids.first(),
+                Some(&"merge"),
+                "{title}: {} queries need a merge transformation first: {ids:?}",
+                targets.len()
+            );
         }
         let renamed = |column: &str| {
             transforms
@@ -160,7 +168,8 @@ fn dashboard_tables_merge_queries_and_spend_is_money() {
                 .iter()
                 .filter(|o| {
                     let m = o.get("matcher");
-                    m.and_then(|m| m.get("id")?.as_str()) == Some("byName") && m.and_then(|m| m.get("options")?.as_str()) == Some(column.as_str())
+                    m.and_then(|m| m.get("id")?.as_str()) == Some("byName")
+                        && m.and_then(|m| m.get("options")?.as_str()) == Some(column.as_str())
                 })
                 .flat_map(|o| o.get("properties").and_then(Json::as_array).unwrap_or(&[]))
                 .find(|prop| prop.get("id").and_then(Json::as_str) == Some("unit"))
@@ -231,5 +240,8 @@ fn grafana_variables_expand() {
         grafana_expand(r#"sum(rate(x{job=~"$job", namespace=~"$namespace"}[$__rate_interval]))"#),
         r#"sum(rate(x{job=~".*", namespace=~".*"}[5m]))"#
     );
-    assert_eq!(label_values(r#"label_values(m{job=~"$job"}, instance)"#), Some((r#"m{job=~"$job"}"#.into(), "instance".into())));
+    assert_eq!(
+        label_values(r#"label_values(m{job=~"$job"}, instance)"#),
+        Some((r#"m{job=~"$job"}"#.into(), "instance".into()))
+    );
 }

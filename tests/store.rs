@@ -64,7 +64,14 @@ fn create(shm: &Shm, p: Params) -> &'static Region {
 
 fn define(r: &Region, kind: u32, name: &str, help: &str, labels: &[&str], bounds: &[f64]) -> Result<u32, Error> {
     let labels: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
-    r.define_family(&FamilyDef { kind, name: name.as_bytes(), help: help.as_bytes(), labels: &labels, bounds, max_series: 0 })
+    r.define_family(&FamilyDef {
+        kind,
+        name: name.as_bytes(),
+        help: help.as_bytes(),
+        labels: &labels,
+        bounds,
+        max_series: 0,
+    })
 }
 
 fn family(r: &Region, kind: u32, name: &str, labels: &[&str], bounds: &[f64]) -> u32 {
@@ -352,7 +359,14 @@ fn family_capacity_full_keeps_existing() {
 #[test]
 fn arena_exhaustion_is_e_full_not_a_crash() {
     let shm = Shm::new("cap-arena");
-    let p = Params { max_series: 100, max_families: 4, max_slots: 4, max_label_bytes: 1024, max_cells: 0, arena_bytes: 4096 };
+    let p = Params {
+        max_series: 100,
+        max_families: 4,
+        max_slots: 4,
+        max_label_bytes: 1024,
+        max_cells: 0,
+        arena_bytes: 4096,
+    };
     let r = create(&shm, p);
     let fam = family(r, KIND_COUNTER, "arena_total", &["v"], &[]);
     let used_after_family = r.header().arena_used.load(Ordering::Relaxed);
@@ -716,10 +730,7 @@ fn group_readable_files_and_symlinks_are_refused() {
     assert_eq!(e.code(), error::E_IO);
     assert_eq!(
         e.message(),
-        format!(
-            "\"{}\" has mode 644: group or others may access it; refusing it (want 0600)",
-            open.path.display()
-        )
+        format!("\"{}\" has mode 644: group or others may access it; refusing it (want 0600)", open.path.display())
     );
     // Refused means untouched: still the old contents and mode.
     assert_eq!(std::fs::metadata(&open.path).unwrap().permissions().mode() & 0o777, 0o644);
@@ -1044,7 +1055,16 @@ fn reader_sees_monotonic_consistent_values_while_writers_run() {
     assert!(wait_for(&ctl.ready, KIDS as u32), "children did not start");
     ctl.go.store(1, Ordering::Release);
 
-    let keys = ["a_total", "b_total", "obs_bucket{le=\"1\"}", "obs_bucket{le=\"2\"}", "obs_bucket{le=\"3\"}", "obs_bucket{le=\"+Inf\"}", "obs_sum", "obs_count"];
+    let keys = [
+        "a_total",
+        "b_total",
+        "obs_bucket{le=\"1\"}",
+        "obs_bucket{le=\"2\"}",
+        "obs_bucket{le=\"3\"}",
+        "obs_bucket{le=\"+Inf\"}",
+        "obs_sum",
+        "obs_count",
+    ];
     let mut prev = vec![0.0f64; keys.len()];
     let mut renders = 0u64;
     let mut partial = 0u64;
@@ -1229,7 +1249,9 @@ fn render_self_metrics() {
     let samples: Vec<&str> = own.lines().filter(|l| !l.starts_with('#')).collect();
     let mut want: Vec<String> = REASONS
         .iter()
-        .map(|reason| format!("shmetrics_errors_total{{reason=\"{reason}\"}} {}", if *reason == "store_full" { 1 } else { 0 }))
+        .map(|reason| {
+            format!("shmetrics_errors_total{{reason=\"{reason}\"}} {}", if *reason == "store_full" { 1 } else { 0 })
+        })
         .collect();
     want.push("shmetrics_series_used 6".into());
     want.push("shmetrics_series_capacity 100".into());
@@ -1247,7 +1269,9 @@ fn render_self_metrics() {
             "# TYPE shmetrics_worker_slots gauge",
         ]
     );
-    for name in ["shmetrics_errors_total", "shmetrics_series_used", "shmetrics_series_capacity", "shmetrics_worker_slots"] {
+    for name in
+        ["shmetrics_errors_total", "shmetrics_series_used", "shmetrics_series_capacity", "shmetrics_worker_slots"]
+    {
         let help = format!("# HELP {name} ");
         assert!(own.lines().any(|l| l.starts_with(&help) && l.len() > help.len()), "no HELP for {name}");
     }

@@ -495,7 +495,13 @@ const MAX_BODY: usize = 64 << 20;
 /// Renders a whole body through the Rust API or the C ABI, checking the chunk
 /// protocol on the way: every chunk but the last holds at least the hint, none
 /// is empty, and the iteration ends.
-pub fn render(r: &'static Region, fmt: Fmt, filter: Option<&[Vec<u8>]>, ffi: bool, hints: &mut Hints) -> Result<Vec<u8>, String> {
+pub fn render(
+    r: &'static Region,
+    fmt: Fmt,
+    filter: Option<&[Vec<u8>]>,
+    ffi: bool,
+    hints: &mut Hints,
+) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     let mut last: Option<(usize, usize)> = None;
     let mut step = |chunk: &[u8], hint: usize, body: &mut Vec<u8>| -> Result<(), String> {
@@ -722,7 +728,11 @@ fn check_histogram(fam: &str, samples: &[Sample]) -> Result<(), String> {
         let mut prev = f64::NEG_INFINITY;
         let inf = loop {
             let s = samples.get(i).ok_or("the buckets do not end with +Inf")?;
-            if s.name != bucket || s.labels.len() != base.len() + 1 || s.labels[..base.len()] != base[..] || s.labels[base.len()].0 != "le" {
+            if s.name != bucket
+                || s.labels.len() != base.len() + 1
+                || s.labels[..base.len()] != base[..]
+                || s.labels[base.len()].0 != "le"
+            {
                 return Err(format!("expected a bucket of {base:?}, got {s:?}"));
             }
             let le = &s.labels[base.len()].1;
@@ -786,7 +796,10 @@ pub fn parse_exposition(body: &[u8], om: bool) -> Result<Vec<ExpoFamily>, String
         }
         let help = unescape(help, om).map_err(|e| format!("{}: {e}", at(i)))?;
         i += 1;
-        let typ = lines.get(i).and_then(|l| l.strip_prefix("# TYPE ")).ok_or_else(|| format!("line {}: no # TYPE after # HELP {name}", i + 1))?;
+        let typ = lines
+            .get(i)
+            .and_then(|l| l.strip_prefix("# TYPE "))
+            .ok_or_else(|| format!("line {}: no # TYPE after # HELP {name}", i + 1))?;
         let typ = match typ.split_once(' ') {
             Some((n, t)) if n == name && matches!(t, "counter" | "gauge" | "histogram") => t,
             _ => return Err(format!("{}: bad TYPE for {name}", at(i))),
@@ -865,7 +878,8 @@ struct JsonParser<'a> {
 
 impl JsonParser<'_> {
     fn err<T>(&self, what: &str) -> Result<T, String> {
-        let ctx = String::from_utf8_lossy(&self.s[self.i.saturating_sub(20)..(self.i + 20).min(self.s.len())]).into_owned();
+        let ctx =
+            String::from_utf8_lossy(&self.s[self.i.saturating_sub(20)..(self.i + 20).min(self.s.len())]).into_owned();
         Err(format!("JSON: {what} at byte {} (near {ctx:?})", self.i))
     }
 
@@ -1125,10 +1139,12 @@ pub fn parse_json_view(body: &[u8]) -> Result<Vec<JsonFamily>, String> {
         let labels: Vec<String> = arr(v[3])?.iter().map(|l| jstr(l).map(str::to_string)).collect::<Result<_, _>>()?;
         let mut series = Vec::new();
         for s in arr(v[4])? {
-            let keys: &[&str] = if typ == "histogram" { &["labels", "buckets", "sum", "count"] } else { &["labels", "value"] };
+            let keys: &[&str] =
+                if typ == "histogram" { &["labels", "buckets", "sum", "count"] } else { &["labels", "value"] };
             let sv = obj(s, keys)?;
             let Json::Obj(lv) = sv[0] else { return Err(format!("series labels not an object: {:?}", sv[0])) };
-            let lv: Vec<(String, String)> = lv.iter().map(|(k, v)| jstr(v).map(|v| (k.clone(), v.to_string()))).collect::<Result<_, _>>()?;
+            let lv: Vec<(String, String)> =
+                lv.iter().map(|(k, v)| jstr(v).map(|v| (k.clone(), v.to_string()))).collect::<Result<_, _>>()?;
             let value = if typ == "histogram" {
                 let mut buckets = Vec::new();
                 for b in arr(sv[1])? {
@@ -1175,12 +1191,14 @@ pub fn def_is_valid(d: &Def) -> bool {
         && d.labels.iter().enumerate().all(|(i, l)| !d.labels[..i].contains(l))
         && (d.kind != KIND_HISTOGRAM || !d.labels.iter().any(|l| l == b"le"))
         && if d.kind == KIND_HISTOGRAM {
-            !b.is_empty() && b.len() <= MAX_BUCKETS && b.iter().all(|x| x.is_finite()) && b.windows(2).all(|w| w[0] < w[1])
+            !b.is_empty()
+                && b.len() <= MAX_BUCKETS
+                && b.iter().all(|x| x.is_finite())
+                && b.windows(2).all(|w| w[0] < w[1])
         } else {
             d.bounds.is_empty()
         }
 }
-
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -1520,7 +1538,13 @@ fn filter_wants(filter: Option<&[Vec<u8>]>, name: &[u8], kind: u32) -> bool {
 /// series that the filter wants, in definition order, each with exactly its
 /// live series in creation order, their label values and cell values; then the
 /// self-metrics.
-fn check_body(r: &'static Region, model: &Model, fmt: Fmt, filter: Option<&[Vec<u8>]>, body: &[u8]) -> Result<(), String> {
+fn check_body(
+    r: &'static Region,
+    model: &Model,
+    fmt: Fmt,
+    filter: Option<&[Vec<u8>]>,
+    body: &[u8],
+) -> Result<(), String> {
     let slots = claimed_slots(r);
     let expected: Vec<(&FamM, Vec<&SerM>)> = model
         .fams
@@ -1562,8 +1586,12 @@ fn check_body(r: &'static Region, model: &Model, fmt: Fmt, filter: Option<&[Vec<
                 }
                 let what = |x: &str| format!("JSON {name}{want:?} {x}");
                 match (f.def.kind, value) {
-                    (KIND_COUNTER, JsonValue::One(v)) => check_value(&what("value"), *v, expect_sum(r, &slots, s.cell))?,
-                    (KIND_GAUGE, JsonValue::One(v)) => check_value(&what("value"), *v, expect_gauge(r, &slots, s.cell))?,
+                    (KIND_COUNTER, JsonValue::One(v)) => {
+                        check_value(&what("value"), *v, expect_sum(r, &slots, s.cell))?
+                    }
+                    (KIND_GAUGE, JsonValue::One(v)) => {
+                        check_value(&what("value"), *v, expect_gauge(r, &slots, s.cell))?
+                    }
                     (KIND_HISTOGRAM, JsonValue::Histogram(buckets, sum, count)) => {
                         let bounds = f.def.stored_bounds();
                         let (cum, want_sum) = expect_histogram(r, &slots, s.cell, bounds.len());
@@ -1601,7 +1629,8 @@ fn check_body(r: &'static Region, model: &Model, fmt: Fmt, filter: Option<&[Vec<
     }
     for (ef, (f, sers)) in user.iter().zip(&expected) {
         let name = lossy(&f.def.name);
-        let fam_name = if om && f.def.kind == KIND_COUNTER { name.strip_suffix("_total").unwrap_or(&name) } else { &name };
+        let fam_name =
+            if om && f.def.kind == KIND_COUNTER { name.strip_suffix("_total").unwrap_or(&name) } else { &name };
         let what = |s: &str| format!("family {name}: {s}");
         if ef.name != fam_name || ef.typ != kind_name(f.def.kind) || !help_ok(f, &ef.help) {
             return Err(what(&format!("got name {:?} type {:?} help {:?}", ef.name, ef.typ, ef.help)));
@@ -1663,7 +1692,10 @@ fn check_body(r: &'static Region, model: &Model, fmt: Fmt, filter: Option<&[Vec<
                     }
                     check_value(&format!("errors_total{{reason={reason}}}"), parse_number(&s.value).unwrap(), want)?;
                     if want != model.errors[i] as f64 {
-                        return Err(format!("errors_total{{reason={reason}}} is {want}, {} were counted", model.errors[i]));
+                        return Err(format!(
+                            "errors_total{{reason={reason}}} is {want}, {} were counted",
+                            model.errors[i]
+                        ));
                     }
                 }
             }
@@ -1689,9 +1721,23 @@ fn check_body(r: &'static Region, model: &Model, fmt: Fmt, filter: Option<&[Vec<
 /// its guard page), and some fill up within a few operations.
 pub const RENDER_PARAMS: [Params; 4] = [
     Params { max_series: 16, max_families: 4, max_slots: 4, max_label_bytes: 32, max_cells: 128, arena_bytes: 4096 },
-    Params { max_series: 64, max_families: 16, max_slots: 2, max_label_bytes: 300, max_cells: 1024, arena_bytes: 16384 },
+    Params {
+        max_series: 64,
+        max_families: 16,
+        max_slots: 2,
+        max_label_bytes: 300,
+        max_cells: 1024,
+        arena_bytes: 16384,
+    },
     Params { max_series: 8, max_families: 8, max_slots: 8, max_label_bytes: 8, max_cells: 64, arena_bytes: 4096 },
-    Params { max_series: 256, max_families: 32, max_slots: 4, max_label_bytes: 1024, max_cells: 2048, arena_bytes: 65536 },
+    Params {
+        max_series: 256,
+        max_families: 32,
+        max_slots: 4,
+        max_label_bytes: 1024,
+        max_cells: 2048,
+        arena_bytes: 65536,
+    },
 ];
 
 struct RenderRun {
@@ -1719,7 +1765,12 @@ impl RenderRun {
                     for f in self.model.fams.values() {
                         let theirs = exposed_names(&f.def.name, f.def.kind);
                         if let Some(n) = exposed_names(&d.name, d.kind).iter().find(|n| theirs.contains(n)) {
-                            panic!("accepted {:?} although {:?} exposes {:?} too", lossy(&d.name), lossy(&f.def.name), lossy(n));
+                            panic!(
+                                "accepted {:?} although {:?} exposes {:?} too",
+                                lossy(&d.name),
+                                lossy(&f.def.name),
+                                lossy(n)
+                            );
                         }
                     }
                     self.model.fams.insert(id, FamM { helps: vec![d.help.clone()], def: d, gen: 0 });
@@ -1733,7 +1784,10 @@ impl RenderRun {
                 );
                 if let Some(eid) = self.model.by_name(&d.name) {
                     let f = &self.model.fams[&eid];
-                    assert!(!(def_is_valid(&d) && f.def.same_shape(&d)), "refused an identical redefinition {d:?}: {msg}");
+                    assert!(
+                        !(def_is_valid(&d) && f.def.same_shape(&d)),
+                        "refused an identical redefinition {d:?}: {msg}"
+                    );
                 }
             }
         }
@@ -1787,7 +1841,10 @@ impl RenderRun {
                         assert_eq!(code, SHMETRICS_E_FULL, "{what}: {} {msg}", code_name(code));
                         assert!(existing.is_none(), "{what}: refused an existing series: {msg}");
                         if expect_overflow {
-                            assert!(self.model.live(fam, &overflow_key(n)).is_none(), "{what}: refused, but the overflow series exists");
+                            assert!(
+                                self.model.live(fam, &overflow_key(n)).is_none(),
+                                "{what}: refused, but the overflow series exists"
+                            );
                         }
                     }
                 }
@@ -1803,9 +1860,17 @@ impl RenderRun {
         match self.model.live(fam, &key) {
             Some(s) => assert_eq!(cell, s.cell, "{what}: another cell for an existing series"),
             None => {
-                assert!(cell >= RESERVED_CELLS && cell + ncells <= self.p.max_cells, "{what}: cell {cell} + {ncells} out of bounds");
+                assert!(
+                    cell >= RESERVED_CELLS && cell + ncells <= self.p.max_cells,
+                    "{what}: cell {cell} + {ncells} out of bounds"
+                );
                 for s in &self.model.series {
-                    assert!(cell + ncells <= s.cell || s.cell + s.ncells <= cell, "{what}: cell {cell} overlaps series {:?} at {}", s.key, s.cell);
+                    assert!(
+                        cell + ncells <= s.cell || s.cell + s.ncells <= cell,
+                        "{what}: cell {cell} overlaps series {:?} at {}",
+                        s.key,
+                        s.cell
+                    );
                 }
                 let obs = (def.kind == KIND_HISTOGRAM).then(Vec::new);
                 self.model.series.push(SerM { fam, key: key.clone(), cell, ncells, live: true, obs });
@@ -1881,7 +1946,11 @@ impl RenderRun {
                 let exists = self.model.live(fam, &key).is_some();
                 assert_eq!(gone, exists, "delete {}{key:?}", lossy(&f.def.name));
                 if gone {
-                    self.model.series.iter_mut().filter(|s| s.live && s.fam == fam && s.key == key).for_each(|s| s.live = false);
+                    self.model
+                        .series
+                        .iter_mut()
+                        .filter(|s| s.live && s.fam == fam && s.key == key)
+                        .for_each(|s| s.live = false);
                     self.model.fams.get_mut(&fam).unwrap().gen += 1;
                 }
             }
@@ -1923,7 +1992,10 @@ impl RenderRun {
                     assert!(!bounds.is_null(), "shmetrics_family_bounds({fam}) is NULL");
                     // SAFETY: the family's bounds in the arena, `b.len()` of them.
                     let got = unsafe { std::slice::from_raw_parts(bounds, b.len()) };
-                    assert!(got.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())), "bounds of {fam}: {got:?} vs {b:?}");
+                    assert!(
+                        got.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+                        "bounds of {fam}: {got:?} vs {b:?}"
+                    );
                 } else {
                     assert!(bounds.is_null(), "shmetrics_family_bounds of a {}", kind_name(f.def.kind));
                 }
@@ -1953,7 +2025,8 @@ impl RenderRun {
             None
         };
         self.check_observations();
-        let body = render(self.r, fmt, filter.as_deref(), ffi, &mut Hints::new(inp.u32())).unwrap_or_else(|e| panic!("render {fmt:?}: {e}"));
+        let body = render(self.r, fmt, filter.as_deref(), ffi, &mut Hints::new(inp.u32()))
+            .unwrap_or_else(|e| panic!("render {fmt:?}: {e}"));
         if let Err(e) = check_body(self.r, &self.model, fmt, filter.as_deref(), &body) {
             panic!("render {fmt:?} (filter {filter:?}): {e}\n--- body ---\n{}", lossy(&body));
         }
@@ -2064,8 +2137,14 @@ pub fn render_target(data: &[u8]) {
     for fmt in [Fmt::Text, Fmt::OpenMetrics, Fmt::Json] {
         let seed = inp.u32();
         let a = render(r, fmt, None, false, &mut Hints::new(seed)).unwrap_or_else(|e| panic!("render {fmt:?}: {e}"));
-        let b = render(r, fmt, None, true, &mut Hints::new(seed ^ 0x5bd1_e995)).unwrap_or_else(|e| panic!("render {fmt:?} (C ABI): {e}"));
-        assert!(a == b, "{fmt:?}: the Rust API and the C ABI rendered different bodies:\n{}\n---\n{}", lossy(&a), lossy(&b));
+        let b = render(r, fmt, None, true, &mut Hints::new(seed ^ 0x5bd1_e995))
+            .unwrap_or_else(|e| panic!("render {fmt:?} (C ABI): {e}"));
+        assert!(
+            a == b,
+            "{fmt:?}: the Rust API and the C ABI rendered different bodies:\n{}\n---\n{}",
+            lossy(&a),
+            lossy(&b)
+        );
         if let Err(e) = check_body(r, &run.model, fmt, None, &a) {
             panic!("render {fmt:?}: {e}\n--- body ---\n{}", lossy(&a));
         }
@@ -2226,7 +2305,8 @@ fn mutate(inp: &mut Input, bytes: &mut [u8], p: &Params) {
     for _ in 0..1 + inp.below(16) {
         let (start, len) = sections[inp.below(sections.len())];
         let at = (start + inp.below(len as usize) as u64) as usize;
-        let get = |bytes: &[u8], at: usize| -> [u8; 8] { std::array::from_fn(|i| bytes.get(at + i).copied().unwrap_or(0)) };
+        let get =
+            |bytes: &[u8], at: usize| -> [u8; 8] { std::array::from_fn(|i| bytes.get(at + i).copied().unwrap_or(0)) };
         let v: Vec<u8> = match inp.u8() % 6 {
             0 => vec![inp.u8()],
             1 => vec![bytes[at] ^ 1 << (inp.u8() % 8)],
@@ -2358,7 +2438,10 @@ impl AttachRun<'_> {
             // SAFETY: live handle.
             let b = unsafe { shmetrics_family_bounds(self.r, *fam) };
             let nb = d.stored_bounds().len();
-            assert!(!b.is_null() && self.m.inside(b as usize, nb * 8), "bounds of {fam} at {b:?} are outside the region");
+            assert!(
+                !b.is_null() && self.m.inside(b as usize, nb * 8),
+                "bounds of {fam} at {b:?} are outside the region"
+            );
         }
         let (v, how) = (gen_f64(inp), inp.u8());
         // SAFETY: `use_cell` checked the range against max_cells.
@@ -2382,8 +2465,10 @@ impl AttachRun<'_> {
         match op % 12 {
             0 => {
                 let fmt = Fmt::from(inp.below(3));
-                let filter: Option<Vec<Vec<u8>>> = inp.bool().then(|| vec![template().defs[inp.below(5)].1.name.clone()]);
-                let body = render(r, fmt, filter.as_deref(), ffi, &mut Hints::new(inp.u32())).unwrap_or_else(|e| panic!("render {fmt:?}: {e}"));
+                let filter: Option<Vec<Vec<u8>>> =
+                    inp.bool().then(|| vec![template().defs[inp.below(5)].1.name.clone()]);
+                let body = render(r, fmt, filter.as_deref(), ffi, &mut Hints::new(inp.u32()))
+                    .unwrap_or_else(|e| panic!("render {fmt:?}: {e}"));
                 if let Err(e) = check_corrupt_body(fmt, &body) {
                     panic!("render {fmt:?} of a corrupt region: {e}\n--- body ---\n{}", lossy(&body));
                 }
@@ -2447,7 +2532,10 @@ impl AttachRun<'_> {
                 // SAFETY: live handle.
                 let (g, b) = unsafe { (shmetrics_family_gen(r, fam), shmetrics_family_bounds(r, fam)) };
                 assert!(g.is_null() || self.m.inside(g as usize, 4), "family_gen({fam}) = {g:?} is outside the region");
-                assert!(b.is_null() || self.m.inside(b as usize, 0), "family_bounds({fam}) = {b:?} is outside the region");
+                assert!(
+                    b.is_null() || self.m.inside(b as usize, 0),
+                    "family_bounds({fam}) = {b:?} is outside the region"
+                );
                 let slot = inp.below(r.params.max_slots as usize + 2) as u32;
                 // SAFETY: live handle.
                 let c = unsafe { shmetrics_slot_cells(r, slot) };

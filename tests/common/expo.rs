@@ -282,9 +282,7 @@ impl Exposition {
                 match (inf, self.value(&count, &lbl)) {
                     (None, _) => problems.push(format!("{what}: no le=\"+Inf\" bucket")),
                     (_, None) => problems.push(format!("{what}: no _count")),
-                    (Some(i), Some(c)) if i != c => {
-                        problems.push(format!("{what}: +Inf bucket {i} != _count {c}"))
-                    }
+                    (Some(i), Some(c)) if i != c => problems.push(format!("{what}: +Inf bucket {i} != _count {c}")),
                     _ => {}
                 }
                 if self.value(&sum, &lbl).is_none() {
@@ -292,8 +290,7 @@ impl Exposition {
                 }
             }
             for s in self.samples.iter().filter(|s| s.family == fi && s.name == count) {
-                let mut with_inf: Vec<(&str, &str)> =
-                    s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut with_inf: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 with_inf.push(("le", "+Inf"));
                 if self.value(&bucket, &with_inf).is_none() {
                     problems.push(format!("{}: _count without buckets", series_key(&count, with_inf)));

@@ -8,7 +8,8 @@ pub const REQUESTS: &str = "gateway_requests_total";
 pub const LATENCY: &str = "gateway_request_duration_seconds";
 pub const COST: &str = "model_cost_usd_total";
 pub const INFLIGHT: &str = "gateway_inflight_requests";
-pub const REQUEST_LABELS: &[(&str, &str)] = &[("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")];
+pub const REQUEST_LABELS: &[(&str, &str)] =
+    &[("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")];
 pub const COST_LABELS: &[(&str, &str)] = &[("model", "gpt-4"), ("namespace", "wechat")];
 pub const COST_PER_REQUEST: f64 = 0.0042;
 
@@ -75,7 +76,9 @@ pub fn assert_exact(exp: &Exposition, n: u64) {
 /// The self-metrics in a quiet state: present, no refused updates, series within
 /// capacity, no dead worker slots (nothing was killed), live slots at most `workers`.
 pub fn assert_self_metrics(exp: &Exposition, workers: usize) {
-    for fam in ["shmetrics_errors_total", "shmetrics_series_used", "shmetrics_series_capacity", "shmetrics_worker_slots"] {
+    for fam in
+        ["shmetrics_errors_total", "shmetrics_series_used", "shmetrics_series_capacity", "shmetrics_worker_slots"]
+    {
         assert!(exp.family(fam).is_some(), "self-metric {fam} missing");
     }
     let refused: Vec<_> = exp.samples_named("shmetrics_errors_total").filter(|s| s.value != 0.0).collect();

@@ -178,8 +178,8 @@ impl Conn {
             loop {
                 let line = self.read_line()?;
                 let size_hex = line.split(';').next().unwrap_or("").trim();
-                let size = usize::from_str_radix(size_hex, 16)
-                    .map_err(|_| bad(format!("bad chunk size line {line:?}")))?;
+                let size =
+                    usize::from_str_radix(size_hex, 16).map_err(|_| bad(format!("bad chunk size line {line:?}")))?;
                 if size == 0 {
                     while !self.read_line()?.is_empty() {} // trailers
                     break;
@@ -223,7 +223,8 @@ pub fn get_with_headers(port: u16, path: &str, headers: &[(&str, &str)]) -> io::
 /// chunks and closes it), with a `Content-Length` for `body`.
 pub fn request_once(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
     let what = format!("{method} {path}");
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap_or_else(|e| panic!("{what}: connect {port}: {e}"));
+    let mut s =
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap_or_else(|e| panic!("{what}: connect {port}: {e}"));
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut req = format!("{what} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
@@ -324,7 +325,13 @@ where
     Load::spawn(port, path_fn, total_requests, concurrency).join()
 }
 
-fn run_load(port: u16, path_fn: &(dyn Fn(u64) -> String + Sync), total: u64, concurrency: usize, done: &AtomicU64) -> LoadResult {
+fn run_load(
+    port: u16,
+    path_fn: &(dyn Fn(u64) -> String + Sync),
+    total: u64,
+    concurrency: usize,
+    done: &AtomicU64,
+) -> LoadResult {
     let next = AtomicU64::new(0);
     let result = Mutex::new(LoadResult::default());
     let start = Instant::now();
@@ -368,7 +375,11 @@ fn run_load(port: u16, path_fn: &(dyn Fn(u64) -> String + Sync), total: u64, con
                                 } else {
                                     mine.failed += 1;
                                     if mine.samples.len() < 5 {
-                                        mine.samples.push(format!("GET {path}: status {} body {:?}", resp.status, String::from_utf8_lossy(&resp.body)));
+                                        mine.samples.push(format!(
+                                            "GET {path}: status {} body {:?}",
+                                            resp.status,
+                                            String::from_utf8_lossy(&resp.body)
+                                        ));
                                     }
                                 }
                                 if !c.reusable() {

@@ -276,7 +276,14 @@ impl Nginx {
 
         let test = Command::new(NGINX)
             .arg("-t")
-            .args(["-p".as_ref(), prefix.as_os_str(), "-e".as_ref(), error_log.as_os_str(), "-c".as_ref(), conf.as_os_str()])
+            .args([
+                "-p".as_ref(),
+                prefix.as_os_str(),
+                "-e".as_ref(),
+                error_log.as_os_str(),
+                "-c".as_ref(),
+                conf.as_os_str(),
+            ])
             .output()
             .unwrap_or_else(|e| panic!("run {NGINX}: {e} (install nginx with `make deps`)"));
         if !test.status.success() {
@@ -299,11 +306,18 @@ impl Nginx {
             Some(size) => in_private_tmpfs(size),
             None => Command::new(NGINX),
         };
-        cmd.args(["-p".as_ref(), prefix.as_os_str(), "-e".as_ref(), error_log.as_os_str(), "-c".as_ref(), conf.as_os_str()])
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone().unwrap())
-            .stderr(stderr);
+        cmd.args([
+            "-p".as_ref(),
+            prefix.as_os_str(),
+            "-e".as_ref(),
+            error_log.as_os_str(),
+            "-c".as_ref(),
+            conf.as_os_str(),
+        ])
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(stderr.try_clone().unwrap())
+        .stderr(stderr);
         // The master gets SIGTERM, and shuts down with its workers, if the test dies.
         die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {NGINX}: {e}"));
@@ -340,7 +354,8 @@ impl Nginx {
                 return Err((format!("nginx exited during start-up ({status}); error.log:\n{log}"), in_use));
             }
             let listening = ports.iter().all(|&p| {
-                TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, p)), Duration::from_millis(200)).is_ok()
+                TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, p)), Duration::from_millis(200))
+                    .is_ok()
             });
             if listening && nginx.worker_pids().len() == workers {
                 return Ok(nginx);
@@ -384,7 +399,14 @@ impl Nginx {
         wait_until(
             START_TIMEOUT,
             || self.worker_pids().iter().filter(|p| !old.contains(p)).count() >= self.workers,
-            || format!("no {} new workers after SIGHUP (old {old:?}, now {:?}); error.log:\n{}", self.workers, self.worker_pids(), self.error_log()),
+            || {
+                format!(
+                    "no {} new workers after SIGHUP (old {old:?}, now {:?}); error.log:\n{}",
+                    self.workers,
+                    self.worker_pids(),
+                    self.error_log()
+                )
+            },
         );
         old
     }
@@ -443,7 +465,13 @@ impl Nginx {
             eprintln!("{} [warn] lines in error.log, first: {}", warns.len(), warns[0]);
         }
         let bad = self.error_lines(allowed);
-        assert!(bad.is_empty(), "{} error lines in {}/logs/error.log:\n{}", bad.len(), self.prefix.display(), bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "{} error lines in {}/logs/error.log:\n{}",
+            bad.len(),
+            self.prefix.display(),
+            bad.join("\n")
+        );
     }
 
     /// Graceful stop: SIGQUIT, wait; SIGKILL master and workers if they linger.

@@ -171,7 +171,9 @@ impl Prometheus {
             attempt += 1;
             match Prometheus::try_start(dir) {
                 Ok(p) => return p,
-                Err((msg, true)) if attempt < 4 => eprintln!("prometheus could not bind, retrying on another port: {msg}"),
+                Err((msg, true)) if attempt < 4 => {
+                    eprintln!("prometheus could not bind, retrying on another port: {msg}")
+                }
                 Err((msg, _)) => panic!("{msg}"),
             }
         }
@@ -802,7 +804,10 @@ pub fn dashboard_exprs(doc: &Json) -> Vec<(String, String)> {
     for p in dashboard_panels(doc) {
         let title = p.get("title").and_then(Json::as_str).unwrap_or("?");
         for t in p.get("targets").and_then(Json::as_array).unwrap_or(&[]) {
-            let expr = t.get("expr").and_then(Json::as_str).unwrap_or_else(|| panic!("panel {title:?}: a target without expr"));
+            let expr = t
+                .get("expr")
+                .and_then(Json::as_str)
+                .unwrap_or_else(|| panic!("panel {title:?}: a target without expr"));
             let refid = t.get("refId").and_then(Json::as_str).unwrap_or("?");
             out.push((format!("panel {title:?} target {refid}"), expr.to_string()));
         }
@@ -813,7 +818,8 @@ pub fn dashboard_exprs(doc: &Json) -> Vec<(String, String)> {
         }
         let name = v.get("name").and_then(Json::as_str).unwrap_or("?");
         let q = v.get("query").and_then(|q| q.as_str().or_else(|| q.get("query").and_then(Json::as_str))).unwrap_or("");
-        let (selector, _label) = label_values(q).unwrap_or_else(|| panic!("variable {name}: want label_values(<selector>, <label>), got {q:?}"));
+        let (selector, _label) = label_values(q)
+            .unwrap_or_else(|| panic!("variable {name}: want label_values(<selector>, <label>), got {q:?}"));
         out.push((format!("variable ${name}"), selector));
     }
     out

@@ -122,20 +122,12 @@ impl PromtoolBatch {
         let started = Instant::now();
         let result = run_promtool(&self.text);
         if std::env::var_os("SHMETRICS_TEST_VERBOSE").is_some() {
-            eprintln!(
-                "promtool: {} bodies, {} KB in {:?}",
-                self.bodies(),
-                self.text.len() / 1024,
-                started.elapsed()
-            );
+            eprintln!("promtool: {} bodies, {} KB in {:?}", self.bodies(), self.text.len() / 1024, started.elapsed());
         }
         match result {
-            Ok(warnings) => Ok(warnings
-                .iter()
-                .map(|w| strip_body_prefix(w))
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()),
+            Ok(warnings) => {
+                Ok(warnings.iter().map(|w| strip_body_prefix(w)).collect::<BTreeSet<_>>().into_iter().collect())
+            }
             Err(e) => Err(self.explain(&e)),
         }
     }
@@ -150,10 +142,7 @@ impl PromtoolBatch {
         let at = self.starts.partition_point(|&(start, _)| start <= line_no).saturating_sub(1);
         let (start, id) = self.starts[at];
         let line = self.text.lines().nth(line_no - 1).unwrap_or("");
-        format!(
-            "body #{id}, its line {}: {line:?} (names prefixed b{id}_ for the batch)\n{err}",
-            line_no - start + 1
-        )
+        format!("body #{id}, its line {}: {line:?} (names prefixed b{id}_ for the batch)\n{err}", line_no - start + 1)
     }
 }
 

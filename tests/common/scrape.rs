@@ -60,7 +60,11 @@ impl Scrapes {
             self.count,
             self.violations.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
         );
-        assert!(self.promtool_errors.is_empty(), "promtool rejected scraped bodies:\n{}", self.promtool_errors.join("\n"));
+        assert!(
+            self.promtool_errors.is_empty(),
+            "promtool rejected scraped bodies:\n{}",
+            self.promtool_errors.join("\n")
+        );
     }
 }
 
@@ -162,7 +166,10 @@ fn scrape_loop(port: u16, path: &str, stop: &AtomicBool) -> Scrapes {
         let n = s.count;
         s.count += 1;
         if resp.header("content-type") != Some(CONTENT_TYPE) {
-            violation(&mut s, format!("scrape #{n}: Content-Type {:?}, want {CONTENT_TYPE:?}", resp.header("content-type")));
+            violation(
+                &mut s,
+                format!("scrape #{n}: Content-Type {:?}, want {CONTENT_TYPE:?}", resp.header("content-type")),
+            );
         }
         let body = match String::from_utf8(resp.body) {
             Ok(b) => b,
