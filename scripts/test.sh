@@ -10,9 +10,23 @@ log=$(mktemp /tmp/shmetrics-cargo-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 
 start=$(date +%s)
+# Style and lints first (seconds): rustfmt.toml's format, clippy with every
+# warning an error. They do not stop the tests; the summary reports them.
+echo "== cargo fmt --check; cargo clippy --release --all-targets -- -D warnings"
+lint_rc=0
+cargo fmt --check >"$log.fmt" 2>&1 && (cd fuzz && cargo fmt --check) >>"$log.fmt" 2>&1 || lint_rc=1
+if [ -s "$log.fmt" ]; then
+    echo "cargo fmt --check: these files are not formatted (run cargo fmt, and in fuzz/):"
+    grep '^Diff in' "$log.fmt" | sed 's/ at line.*//' | sort -u | head -20
+fi
+rm -f "$log.fmt"
+cargo clippy --release --all-targets -- -D warnings || lint_rc=1
+lint_line="fmt and clippy: $([ $lint_rc -eq 0 ] && echo ok || echo FAILED)"
+
 # --no-fail-fast: a failing binary does not hide the results of the others.
 cargo test --release --no-fail-fast 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
+echo "$lint_line" >> "$log"
 
 lua_rc=0
 if [ -f tests/lua/run.lua ]; then
@@ -44,6 +58,7 @@ fi
 
 echo
 echo "== make test summary ($(( $(date +%s) - start )) s)"
+echo "$lint_line"
 echo "$lua_line"
 echo "$fuzz_line"
 echo "cargo test --release: $([ $cargo_rc -eq 0 ] && echo ok || echo "FAILED (exit $cargo_rc)")"
@@ -63,6 +78,8 @@ awk '/^test result:/ {
      /^lua: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
      /^fuzz: [a-z]+ +ok: / { p += 1 }
      /^fuzz: [a-z]+ +FAILED/ { f += 1 }
+     /^fmt and clippy: ok$/ { p += 1 }
+     /^fmt and clippy: FAILED$/ { f += 1 }
      END { printf "shmetrics: %d passed, %d failed\n", p, f }' "$log"
 
-[ $cargo_rc -eq 0 ] && [ $lua_rc -eq 0 ] && [ $fuzz_rc -eq 0 ]
+[ $lint_rc -eq 0 ] && [ $cargo_rc -eq 0 ] && [ $lua_rc -eq 0 ] && [ $fuzz_rc -eq 0 ]
