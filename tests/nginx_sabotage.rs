@@ -379,6 +379,17 @@ fn truncated_region_then_reload() {
     let file = nginx.ns_path(REGION);
     let len = fs::metadata(&file).unwrap().len();
     let workers = nginx.worker_pids();
+    // Every worker records before the cut, so that each holds its slot: one
+    // that claims its first slot after the cut is refused by the claim instead
+    // (the file's header is zeroed), a case of its own.
+    let mut before = Tally::default();
+    for i in 0..2000 {
+        if workers.iter().all(|w| before.ok_pids.contains(w)) {
+            break;
+        }
+        before.add(hit(nginx.port, &format!("a{}", i % 10), "hits"));
+    }
+    assert!(workers.iter().all(|w| before.ok_pids.contains(w)), "every worker recorded: {before:?}");
 
     fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
     signal(nginx.master_pid(), libc::SIGHUP).expect("SIGHUP");
