@@ -68,6 +68,11 @@ fn threaded_scrapes_match_the_synchronous_renderer() {
     let json = fetch(nginx.port, "/md?format=json", &[]).body;
     let r = fetch(nginx.metrics_port, "/json", &[]);
     assert!(r.body == json, "JSON body differs: {} vs {} bytes", r.body.len(), json.len());
+    // An HTTP/1.0 client: ngx_lua buffers the whole body (ngx.flush answers
+    // "buffering") and sends it with its length.
+    let r = request_once(nginx.metrics_port, "GET", "/metrics", &[], "");
+    assert_eq!(r.header("Content-Length"), Some(text.len().to_string().as_str()), "HTTP/1.0");
+    assert!(r.body == text, "HTTP/1.0 text body differs: {} vs {} bytes", r.body.len(), text.len());
     // A filtered scrape.
     let r = fetch(nginx.metrics_port, "/metrics?name[]=offload_inflight", &[]);
     assert_eq!(r.text().lines().filter(|l| l.starts_with("offload_inflight{")).count(), SERIES / 10);

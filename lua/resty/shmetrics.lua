@@ -1149,6 +1149,11 @@ local function render_threaded(self, format, names)
                 local ok, err = ngx.print(ffi_string(chunk_out[0], len))
                 if ok then
                     ok, err = ngx.flush(true)
+                    if err == "buffering" then
+                        -- An HTTP/1.0 client: ngx_lua holds the whole body
+                        -- to send it with a Content-Length (lua_http10_buffering).
+                        ok = true
+                    end
                 end
                 if not ok then
                     -- The client is gone: nothing more to render or send.
