@@ -966,9 +966,10 @@ end
 
 -- Renders the exposition in `format` for the family `names` (nil: all),
 -- handing each piece to `emit`. With `pause`, calls it between pieces
--- (collect() sleeps there so the worker serves other requests).
+-- (collect() sleeps there so the worker serves other requests). With `page`
+-- ({offset, limit, needle}: the status page), one page of a JSON render.
 -- Returns true or nil, err.
-local function render(self, format, names, emit, pause)
+local function render(self, format, names, emit, pause, page)
     local n, ptrs, lens = fill_names(names)
     if not n then
         return nil, ptrs
@@ -979,9 +980,12 @@ local function render(self, format, names, emit, pause)
     end
     -- Freed by the GC if emit() raises; explicitly below otherwise.
     local it = ffi.gc(render_out[0], lib.shmetrics_render_close)
+    if page then
+        rc = lib.shmetrics_render_page(it, page[1], page[2], page[3], #page[3])
+    end
     local hint = self.chunk_bytes
     local first = true
-    while true do
+    while rc >= 0 do
         rc = lib.shmetrics_render_next(it, hint, chunk_out, len_out)
         if rc <= 0 then
             break
@@ -1046,17 +1050,26 @@ end
 -- that table.concat(prometheus:metric_data()) is the exposition (what
 -- nginx-lua-prometheus returns). With format "text", "openmetrics" or "json":
 -- one string. names: family names to include (default: all).
-function Registry:metric_data(format, names)
-    local f = FORMATS[format or "text"]
+-- The exposition in `format` ("text", "openmetrics", "json") of `names` as
+-- one string (a `page` as in render()), or nil, err.
+local function render_string(self, format, names, page)
+    local f = FORMATS[format]
     if not f then
         return nil, "format must be \"text\", \"openmetrics\" or \"json\""
     end
     local parts = {}
-    local ok, err = render(self, f, names, function(s) parts[#parts + 1] = s end)
+    local ok, err = render(self, f, names, function(s) parts[#parts + 1] = s end, nil, page)
     if not ok then
         return nil, err
     end
-    local body = concat(parts)
+    return concat(parts)
+end
+
+function Registry:metric_data(format, names)
+    local body, err = render_string(self, format or "text", names)
+    if not body then
+        return nil, err
+    end
     if format ~= nil then
         return body
     end
@@ -1293,7 +1306,7 @@ end
 
 --- prometheus:status()   (content_by_lua: the live status page, docs/status.md)
 function Registry:status()
-    return require("resty.shmetrics.status").serve(self, lib, last_error)
+    return require("resty.shmetrics.status").serve(self, render_string)
 end
 
 local OPTIONS = {

@@ -11,7 +11,6 @@
 --                      PAGE_LIMIT series), and the self-metrics.
 -- Anything but GET and HEAD is answered 405. See docs/status.md.
 
-local ffi = require "ffi"
 
 local type = type
 local tonumber = tonumber
@@ -22,8 +21,6 @@ local str_format = string.format
 local str_byte = string.byte
 local str_char = string.char
 local str_gsub = string.gsub
-local ffi_string = ffi.string
-local ffi_new = ffi.new
 local bit = require "bit"
 local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
 local rshift, lshift, ror, tobit = bit.rshift, bit.lshift, bit.ror, bit.tobit
@@ -38,9 +35,6 @@ local PAGE_DEFAULT = 50
 local CATALOG_LIMIT = 1000
 -- Longest family name and filter text a poll may send.
 local MAX_ARG = 256
-
-local FORMAT_TEXT = 0
-local FORMAT_JSON = 2
 
 -- The families the gateway section reads (docs/gateway.md).
 local CATALOG = {
@@ -558,44 +552,6 @@ _M.PAGE_BYTES = #PAGE
 ------------------------------------------------------------------------------
 -- The data the page polls.
 
-local render_out = ffi_new("shmetrics_render *[1]")
-local chunk_out = ffi_new("const char *[1]")
-local len_out = ffi_new("size_t[1]")
-
--- Renders `names` (nil: every family) of the registry into one string, a JSON
--- render paged when `page` is given ({offset, limit, needle}). nil, err on failure.
-local function render(reg, lib, last_error, format, names, page)
-    local n = names and #names or 0
-    local ptrs = ffi_new("const char *[?]", n + 1)
-    local lens = ffi_new("size_t[?]", n + 1)
-    for i = 1, n do
-        ptrs[i - 1] = names[i]
-        lens[i - 1] = #names[i]
-    end
-    local rc = lib.shmetrics_render_open(reg.h, format, ptrs, lens, n, render_out)
-    if rc < 0 then
-        return nil, last_error(rc)
-    end
-    local it = ffi.gc(render_out[0], lib.shmetrics_render_close)
-    if page then
-        rc = lib.shmetrics_render_page(it, page[1], page[2], page[3], #page[3])
-    end
-    local parts = {}
-    while rc >= 0 do
-        rc = lib.shmetrics_render_next(it, 262144, chunk_out, len_out)
-        if rc <= 0 then
-            break
-        end
-        parts[#parts + 1] = ffi_string(chunk_out[0], len_out[0])
-    end
-    ffi.gc(it, nil)
-    lib.shmetrics_render_close(it)
-    if rc < 0 then
-        return nil, last_error(rc)
-    end
-    return concat(parts)
-end
-
 local function json_string(s)
     return '"' .. str_gsub(s, '[%c"\\]', function(c)
         return str_format("\\u%04x", str_byte(c))
@@ -674,7 +630,7 @@ local function integer_arg(args, name, default, max)
     return n
 end
 
-local function data(reg, lib, last_error)
+local function data(reg, render)
     local args = ngx.req.get_uri_args(16)
     local family = arg(args, "family")
     local match = arg(args, "match")
@@ -684,16 +640,16 @@ local function data(reg, lib, last_error)
         return ngx.exit(ngx.HTTP_BAD_REQUEST)
     end
     local parts = {}
-    local summary, err = render(reg, lib, last_error, FORMAT_JSON, nil, { 0, 0, "" })
+    local summary, err = render(reg, "json", nil, { 0, 0, "" })
     local catalog, page, self
     if summary then
-        catalog, err = render(reg, lib, last_error, FORMAT_JSON, CATALOG, { 0, CATALOG_LIMIT, "" })
+        catalog, err = render(reg, "json", CATALOG, { 0, CATALOG_LIMIT, "" })
     end
     if catalog and family then
-        page, err = render(reg, lib, last_error, FORMAT_JSON, { family }, { offset, limit, match or "" })
+        page, err = render(reg, "json", { family }, { offset, limit, match or "" })
     end
     if catalog and (page or not family) then
-        self, err = render(reg, lib, last_error, FORMAT_TEXT, SELF)
+        self, err = render(reg, "text", SELF)
     end
     if not self then
         ngx.log(ngx.ERR, "shmetrics: status data failed: ", err)
@@ -716,15 +672,16 @@ local function data(reg, lib, last_error)
     ngx.print(parts)
 end
 
---- status.serve(registry, lib, last_error)   (prometheus:status() calls it)
-function _M.serve(reg, lib, last_error)
+--- status.serve(registry, render)   (prometheus:status() calls it; render(registry,
+--- format, names, page) is the registry module's exposition as one string)
+function _M.serve(reg, render)
     local method = ngx.req.get_method()
     if method ~= "GET" and method ~= "HEAD" then
         ngx.header["Allow"] = "GET, HEAD"
         return ngx.exit(ngx.HTTP_NOT_ALLOWED)
     end
     if ngx.var.arg_data then
-        return data(reg, lib, last_error)
+        return data(reg, render)
     end
     ngx.header.content_type = "text/html; charset=utf-8"
     ngx.header["Cache-Control"] = "no-store"
