@@ -11,7 +11,6 @@
 --                      PAGE_LIMIT series), and the self-metrics.
 -- Anything but GET and HEAD is answered 405. See docs/status.md.
 
-
 local type = type
 local tonumber = tonumber
 local pairs = pairs
