@@ -274,16 +274,12 @@ impl Nginx {
         let workers: usize = values["WORKERS"].parse().expect("WORKERS must be a number");
         let error_log = prefix.join("logs").join("error.log");
 
+        // The prefix, error log and configuration of every nginx command here.
+        let files: [&std::ffi::OsStr; 6] =
+            ["-p".as_ref(), prefix.as_os_str(), "-e".as_ref(), error_log.as_os_str(), "-c".as_ref(), conf.as_os_str()];
         let test = Command::new(NGINX)
             .arg("-t")
-            .args([
-                "-p".as_ref(),
-                prefix.as_os_str(),
-                "-e".as_ref(),
-                error_log.as_os_str(),
-                "-c".as_ref(),
-                conf.as_os_str(),
-            ])
+            .args(files)
             .output()
             .unwrap_or_else(|e| panic!("run {NGINX}: {e} (install nginx with `make deps`)"));
         if !test.status.success() {
@@ -306,18 +302,11 @@ impl Nginx {
             Some(size) => in_private_tmpfs(size),
             None => Command::new(NGINX),
         };
-        cmd.args([
-            "-p".as_ref(),
-            prefix.as_os_str(),
-            "-e".as_ref(),
-            error_log.as_os_str(),
-            "-c".as_ref(),
-            conf.as_os_str(),
-        ])
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .stdout(stderr.try_clone().unwrap())
-        .stderr(stderr);
+        cmd.args(files)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().unwrap())
+            .stderr(stderr);
         // The master gets SIGTERM, and shuts down with its workers, if the test dies.
         die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {NGINX}: {e}"));
