@@ -595,9 +595,6 @@ end
 
 local function check_level(v)          -- gauge:set (±Inf allowed)
     if type(v) ~= "number" then
-        if v == nil then
-            return not_a_number(v)
-        end
         return from_string(v, check_level)
     elseif v ~= v then
         return nil, ": value is NaN", R.value_nan
@@ -607,9 +604,6 @@ end
 
 local function check_sample(v)         -- histogram:observe
     if type(v) ~= "number" then
-        if v == nil then
-            return not_a_number(v)
-        end
         return from_string(v, check_sample)
     end
     return check_delta(v)
@@ -699,13 +693,12 @@ local function dec(self, value, lv)
     if value == nil then
         value = 1
     elseif type(value) ~= "number" then
-        local n = type(value) == "string" and tonumber(value)
-        if not n then
+        local err, reason
+        value, err, reason = from_string(value, tonumber)
+        if not value then
             local m = self.metric
-            local _, err, reason = not_a_number(value)
             return fail(m, m.name .. err, reason)
         end
-        value = n
     end
     return self:inc(-value, lv)
 end
