@@ -1176,7 +1176,7 @@ def bench_scrape():
     sizes = SCRAPE_SIZES
     biggest = max(sizes)
     n = Nginx("bench_scrape", MAX_SERIES=biggest + biggest // 10, MAX_CELLS=biggest + biggest // 10 + 64,
-              RENDER_THREAD="true", CHUNK_BYTES=262144)
+              RENDER_THREAD="true", CHUNK_BYTES=65536)
     murl = f"http://127.0.0.1:{n.metrics_port}/metrics"
     res = {"sizes": [], "latency": None}
     try:
@@ -1244,8 +1244,9 @@ def latency_rounds(n, murl):
 # --------------------------------------------------------------------------
 # 3b. A scrape's hold on the worker: in the event loop (main's way) or on the thread
 
-STALL_MODES = [("loop", "false", 262144, "`render_thread = false`: rendered in the event loop, 1 ms sleep between pieces (**before**)"),
-               ("thread", "true", 262144, "`render_thread = true` (default): rendered on the library's thread (**after**)")]
+STALL_MODES = [("loop", "false", 262144, "`render_thread = false`, 256 KiB pieces: rendered in the event loop, 1 ms sleep between pieces (**before**)"),
+               ("thread256", "true", 262144, "`render_thread = true`, 256 KiB pieces: rendered on the library's thread"),
+               ("thread", "true", 65536, "`render_thread = true`, 64 KiB pieces (the defaults): rendered on the library's thread (**after**)")]
 
 
 def window(n, murl, scrapers, traffic=True):
@@ -1280,6 +1281,7 @@ def window(n, murl, scrapers, traffic=True):
             time.sleep(STALL_SECONDS)
             r = {}
         r["cpu_ms"] = float(n.get("/monitor?op=cpu"))
+        r["over_permille"] = float(n.get("/monitor?op=over"))
         r["gap_ms"] = float(n.get("/monitor?op=read"))
         r["scrapes_per_s"] = (count[0] - c0) / (time.monotonic() - t0)
     finally:
@@ -1357,6 +1359,7 @@ def stall_summary(res):
                      quiet_cpu=m(r["quiet"], "cpu_ms"), alone_cpu=m(r["alone"], "cpu_ms"),
                      alone_cpu_worst=max(w["cpu_ms"] for w in r["alone"]),
                      quiet_gap=m(r["quiet"], "gap_ms"), alone_gap=m(r["alone"], "gap_ms"),
+                     quiet_over=m(r["quiet"], "over_permille"), alone_over=m(r["alone"], "over_permille"),
                      alone_scrapes=m(r["alone"], "scrapes_per_s"),
                      stall=median([b["gap_ms"] - i["gap_ms"] for i, b in zip(r["idle"], r["busy"])]),
                      scrapes=m(r["busy"], "scrapes_per_s"),
@@ -1375,11 +1378,13 @@ def stall_section(res):
     L = ["**The longest stall** (no other traffic: the scrapes alone, so that what the event loop does between"
          " two ticks of its 1 ms timer is the scrape's own work; the CPU time is the loop thread's, which"
          " other processes on the machine do not inflate):", "",
-         "| series | how `collect()` renders | most event-loop CPU between two ticks: no scrape / scraped back to back, ms (median of rounds; worst) | target ≤ 0.5 ms | | longest gap between ticks: no scrape / scraping, ms | scrapes/s |",
-         "|---:|---|---:|---:|---|---:|---:|"]
+         "| series | how `collect()` renders | most event-loop CPU between two ticks: no scrape / scraped back to back, ms (median of rounds; worst) | target ≤ 0.5 ms | |"
+         " turns of more than 0.5 ms CPU per 1,000 ticks: no scrape / scraping (median of rounds) | longest gap between ticks: no scrape / scraping, ms | scrapes/s |",
+         "|---:|---|---:|---:|---|---:|---:|---:|"]
     for d in rows:
         L.append(f"| {d['size']:,} | {d['label']} | {fmt(d['quiet_cpu'], 3)} / **{fmt(d['alone_cpu'], 3)}** ({fmt(d['alone_cpu_worst'], 3)}) | 0.5 | "
-                 f"{mark(d['alone_cpu_worst'] <= 0.5)} | {fmt(d['quiet_gap'], 2)} / {fmt(d['alone_gap'], 2)} | {fmt(d['alone_scrapes'], 1)} |")
+                 f"{mark(d['alone_cpu_worst'] <= 0.5)} | {fmt(d['quiet_over'], 2)} / **{fmt(d['alone_over'], 2)}** | "
+                 f"{fmt(d['quiet_gap'], 2)} / {fmt(d['alone_gap'], 2)} | {fmt(d['alone_scrapes'], 1)} |")
     L += ["", "**Other requests' latency** (wrk saturates `/ping` on the worker; a scrape's work competes with it):", "",
           "| series | how `collect()` renders | `/ping` p99 idle, ms | p99 while `/metrics` is scraped back to back, ms | target: ≤ | |"
           " `/ping` max idle / scraping, ms | longest gap of the 1 ms timer idle / scraping, ms (median of rounds; worst) | scrapes/s |",
@@ -1586,7 +1591,8 @@ def targets_summary(res):
                      f" (idle {fmt(d['idle_gap'], 2)}) | {mark(d['busy99'] <= d['limit'])} |")
             L.append(f"| {d['size']:,} series: no stall longer than 0.5 ms | the event loop ran at most {fmt(d['alone_cpu'], 3)} ms"
                      f" of CPU between two 1 ms ticks while scraped back to back (worst round {fmt(d['alone_cpu_worst'], 3)};"
-                     f" no scrape {fmt(d['quiet_cpu'], 3)}) | {mark(d['alone_cpu_worst'] <= 0.5)} |")
+                     f" no scrape {fmt(d['quiet_cpu'], 3)}); turns over 0.5 ms: {fmt(d['alone_over'], 2)} per 1,000 ticks"
+                     f" (no scrape {fmt(d['quiet_over'], 2)}) | {mark(d['alone_cpu_worst'] <= 0.5)} |")
             if "many99" in d:
                 L.append(f"| {STALL_CONCURRENT} concurrent scrapes at {d['size']:,} series: p99 of other requests ≤ 10 ms | "
                          f"{fmt(d['many99'], 2)} ms | {mark(d['many99'] <= 10)} |")
@@ -1602,18 +1608,24 @@ def targets_summary(res):
 STALL_NOTES = (
     "Reading the figures. Rendering on the thread takes the renderer off the event loop: with 50"
     " concurrent scrapes, the most CPU the loop spent between two ticks fell from 15 ms to about 2 ms and"
-    " `/ping`'s p99 from over 100 ms to its idle value; one scrape's work left on the loop is copying and"
-    " sending pieces, 0.17 ms per 256 KiB piece on average (`perf record -t <worker>` while scraping"
-    " 100,000 series back to back: 0.44 s of the loop thread's CPU for 85 scrapes, 2,550 pieces; the"
-    " kernel's send about half of it, libc's copies a quarter). The longest single stall is not that"
-    " average: in every window of scrapes back to back, with either way of rendering, some turn of the"
-    " loop still takes 1–2 ms of CPU (the **not met** above), against 0.15–0.35 ms in windows with no"
-    " scrape. Smaller pieces (`chunk_bytes = 65536`, tried in earlier runs) did not shorten it, so it is"
-    " not the copy of a piece; what it is (a request's start or end, the LuaJIT GC, the release of a"
-    " large buffer) is still to be found, with a profile taken only around the long turns. With `/ping`"
-    " under wrk, the worker's CPU is saturated and the timer gaps (~9 ms) measure the loop's queue, not"
-    " a stall; p99 there moves with the machine's load more than with the scrape (the p99 row per round"
-    " below shows it)."
+    " `/ping`'s p99 from over 100 ms to its idle value. What a scrape leaves on the loop is a piece at a"
+    " time: the copy into a Lua string, nginx's copy, and the kernel's send. That work grows with the"
+    " piece, and above 128 KiB it also touches fresh memory every time: LuaJIT and glibc serve such"
+    " allocations from new mappings, so each 256 KiB piece page-faulted on its 64 pages (perf stat on the"
+    " worker, 100,000 series, 20 scrapes back to back with 256 KiB pieces: 4,826 page faults, 80 brk,"
+    " 25 mmap and 25 munmap; the perf timeline of the longest turns: `memmove` into new pages, 1.5–3.5 ms"
+    " under the profiler). With 64 KiB pieces (now the default) the turns over 0.5 ms of CPU fall from"
+    " 4–12 per 1,000 ticks to 0–1.2 (column above), at 1,000,000 series to none. The few that remain are"
+    " not the library's code: the perf timeline of each long turn (`perf record -t <worker> -e cpu-clock"
+    " -e raw_syscalls:*`, split at `epoll_wait`) shows the kernel's work charged to the worker's thread"
+    " inside a system call, the loopback receive path of the client's socket run inside nginx's `writev`"
+    " (`net_rx_action` → `tcp_v4_rcv`) and RCU callbacks freeing slabs at an interrupt's exit"
+    " (`rcu_do_batch`); windows without scrapes have neither, as they have no sends. The price of"
+    " smaller pieces is the scrape's length: a piece per millisecond at most, so 100,000 series (7 MB) take"
+    " about 0.15 s and 1,000,000 about 1.5 s, and 50 concurrent scrapes share the worker's 64 KiB a"
+    " millisecond (the scrapes/s columns). With `/ping` under wrk, the worker's CPU is saturated and the timer gaps measure the"
+    " loop's queue, not a stall; p99 there moves with the machine's load more than with the scrape (the"
+    " p99 row per round above shows it)."
 )
 
 
@@ -1622,17 +1634,18 @@ def stall_report(r, env):
     L = []
     L += ["## 3b. Scrapes off the event loop", "",
           "One nginx worker (pinned to its CPU, as above) serves `/ping` (`return 200`) and `/metrics`"
-          " (`prometheus:collect()`). Two such nginx run side by side with the same series, one per way of"
-          " rendering: in the event loop, in pieces of `chunk_bytes` (256 KiB) with a 1 ms sleep between"
-          " them (what main did before), and on the library's render thread (`shmetrics_render_start`/"
-          "`_poll`), the handler sleeping 1 ms between pieces and while none is ready. Per round and way:"
+          " (`prometheus:collect()`). Three such nginx run side by side with the same series, one per way of"
+          " rendering: in the event loop, in pieces of `chunk_bytes` = 256 KiB with a 1 ms sleep between"
+          " them (what main did before the render thread), and on the library's render thread"
+          " (`shmetrics_render_start`/`_poll`), the handler sleeping 1 ms between pieces and while none is"
+          " ready, with pieces of 256 KiB (the earlier default) and of 64 KiB (the default). Per round and way:"
           f" {r['seconds']} s with no traffic and no scrape, {r['seconds']} s of scrapes alone (one curl back"
           " to back), then"
           f" wrk (`-t1 -c8 --latency`, {r['seconds']} s) on `/ping` idle, then while one client (curl) scrapes"
           f" `/metrics` back to back, then (at {min(STALL_SIZES):,} series) while {STALL_CONCURRENT} clients do;"
           " meanwhile a chain of 1 ms timers inside the worker records the longest gap between two ticks"
           " (a tick is late by as long as the worker's event loop was held: the longest stall, plus the"
-          f" timer's own period of ~1 ms and whatever the machine adds). {r['rounds']} rounds, the two ways"
+          f" timer's own period of ~1 ms and whatever the machine adds). {r['rounds']} rounds, the three ways"
           " alternating; medians of the rounds. Targets from the issue: p99 while scraping ≤ 1.5 × idle p99"
           " + 0.5 ms at 100k series, ≤ 2 × idle p99 + 1 ms at 1M; with 50 concurrent scrapes ≤ 10 ms."
           f" Machine load (1, 5, 15 min) at the start of this section {', '.join(r['load_start'])},"
@@ -1642,7 +1655,7 @@ def stall_report(r, env):
           "Commands:", "",
           "```sh",
           f"{env}scripts/bench.sh stall",
-          "# two nginx -c nginx-test-conf/bench_scrape.conf (rendered; RENDER_THREAD=false and true), then per size and round:",
+          "# three nginx -c nginx-test-conf/bench_scrape.conf (rendered; RENDER_THREAD=false/CHUNK_BYTES=262144, true/262144, true/65536), then per size and round:",
           "curl /monitor?op=arm; " + f"wrk -t1 -c8 -d{r['seconds']}s --latency http://127.0.0.1:$PORT/ping; curl /monitor?op=read",
           f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done &   # 1 or {STALL_CONCURRENT} of them, during the same",
           "```", ""]

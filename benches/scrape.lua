@@ -123,6 +123,7 @@ end
 -- the CPU (a render thread's work is on its own clock, not on this one).
 local armed, last, maxgap = false, 0, 0
 local lastcpu, maxcpu = 0, 0
+local ticks, over = 0, 0   -- ticks counted, and those after more than 0.5 ms of loop CPU
 
 local function tick(premature)
     if premature or not armed then
@@ -134,6 +135,12 @@ local function tick(premature)
     end
     if last > 0 and cpu - lastcpu > maxcpu then
         maxcpu = cpu - lastcpu
+    end
+    if last > 0 then
+        ticks = ticks + 1
+        if cpu - lastcpu > 5e5 then
+            over = over + 1
+        end
     end
     last, lastcpu = now, cpu
     local ok, err = ngx.timer.at(0.001, tick)
@@ -150,9 +157,13 @@ function M.monitor(op)
     if op == "cpu" then
         return maxcpu / 1e6
     end
+    if op == "over" then
+        -- Ticks after more than 0.5 ms of the loop's CPU, per thousand ticks.
+        return ticks > 0 and over * 1000 / ticks or 0
+    end
     if op == "arm" then
         if not armed then
-            armed, last, maxgap, maxcpu = true, 0, 0, 0
+            armed, last, maxgap, maxcpu, ticks, over = true, 0, 0, 0, 0, 0
             local ok, err = ngx.timer.at(0, tick)
             if not ok then
                 return nil, err

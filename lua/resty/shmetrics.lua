@@ -100,6 +100,12 @@ local MAX_FILTER_NAMES = 1024
 local SERIES_OVERFLOW = 1073741824   -- 1 << 30, set in a shmetrics_series result
 local RENDER_PENDING = 2             -- shmetrics_render_poll: no piece ready yet
 local RENDER_DEPTH = 2               -- pieces a scrape's queue holds on the render thread
+-- The default piece: the event loop's work per piece (two copies, the kernel's
+-- send) grows with its size, and pieces above 128 KiB are fresh memory each
+-- time in LuaJIT's and glibc's allocators (page faults on every 4 KiB). At
+-- 64 KiB a scrape's turns of the loop are as short as the loop's turns without
+-- scrapes (BENCHMARKS.md section 3b); 256 KiB held it for 1-3 ms.
+local DEFAULT_CHUNK_BYTES = 65536
 local WARN_INTERVAL = 60             -- seconds between warnings of one kind per metric
 local FLAG_RESET = 1
 local FLAG_FOLLOW_CONFIG = 2
@@ -1422,8 +1428,7 @@ function _M.init(name, opts)
         path = path,
         h = region_out[0],
         metrics = {},
-        -- About half a millisecond of rendering on a 2-core VM (see BENCHMARKS.md).
-        chunk_bytes = opts.chunk_bytes or 262144,
+        chunk_bytes = opts.chunk_bytes or DEFAULT_CHUNK_BYTES,
         -- collect() renders on the library's thread (false: in the event loop).
         render_thread = opts.render_thread ~= false,
         prefix = opts.prefix or "",
