@@ -29,6 +29,9 @@ build = {
    install = {
       lua = {
          ["resty.shmetrics"] = "lua/resty/shmetrics.lua",
+         ["resty.shmetrics.binding"] = "lua/resty/shmetrics/binding.lua",
+         ["resty.shmetrics.metrics"] = "lua/resty/shmetrics/metrics.lua",
+         ["resty.shmetrics.serve"] = "lua/resty/shmetrics/serve.lua",
          ["resty.shmetrics.gateway"] = "lua/resty/shmetrics/gateway.lua",
          ["resty.shmetrics.status"] = "lua/resty/shmetrics/status.lua",
       },
