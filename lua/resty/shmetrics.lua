@@ -11,7 +11,7 @@
 local ffi = require "ffi"
 local binding = require "resty.shmetrics.binding"
 local metrics = require "resty.shmetrics.metrics"
-local serve_ = require "resty.shmetrics.serve"
+local serving = require "resty.shmetrics.serve"
 
 local type = type
 local error = error
@@ -49,9 +49,9 @@ local log = binding.log
 local MAX_LABELS = metrics.MAX_LABELS
 local WARN_INTERVAL = metrics.WARN_INTERVAL
 local count_log_error = metrics.count_log_error
-local render_string = serve_.render_string
-local serve = serve_.serve
-local scrape_format = serve_.scrape_format
+local render_string = serving.render_string
+local serve = serving.serve
+local scrape_format = serving.scrape_format
 
 -- The default buckets of nginx-lua-prometheus, so switching keeps dashboards.
 local DEFAULT_BUCKETS = { 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.3,
@@ -61,7 +61,7 @@ local lib               -- the loaded library (namespace: call lib.fn, never cac
 
 local region_out = ffi_new("const shmetrics_region *[1]")
 
-_M._negotiate = serve_.negotiate  -- for tests
+_M._negotiate = serving.negotiate  -- for tests
 
 ------------------------------------------------------------------------------
 -- The registry
@@ -373,7 +373,7 @@ function _M.init(name, opts)
     end
     lib = binding.load_library(opts.lib_path)
     metrics.bind(lib)
-    serve_.bind(lib)
+    serving.bind(lib)
     local path = opts.path or ("/dev/shm/shmetrics-" .. name)
     local o = ffi_new("shmetrics_options")
     o.max_series = opts.max_series or 0
