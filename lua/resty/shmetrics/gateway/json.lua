@@ -165,6 +165,19 @@ local function is_digit(b)
     return b ~= nil and b >= 48 and b <= 57
 end
 
+-- The digits at q of a fraction or an exponent (at least one): the index
+-- after them, MORE or BAD.
+local function strict_digits(s, q, n)
+    if q > n then
+        return MORE
+    end
+    if not is_digit(byte(s, q)) then
+        return BAD
+    end
+    repeat q = q + 1 until not is_digit(byte(s, q)) or q > n
+    return q
+end
+
 -- JSON number at p. A number that reaches the end of the input may go on: MORE.
 local function strict_number(s, p, n)
     local q = p
@@ -183,27 +196,20 @@ local function strict_number(s, p, n)
         return BAD
     end
     if q <= n and byte(s, q) == 46 then
-        q = q + 1
-        if q > n then
-            return MORE
+        q = strict_digits(s, q + 1, n)
+        if q < 0 then
+            return q
         end
-        if not is_digit(byte(s, q)) then
-            return BAD
-        end
-        repeat q = q + 1 until not is_digit(byte(s, q)) or q > n
     end
     if q <= n and (byte(s, q) == 101 or byte(s, q) == 69) then
         q = q + 1
         if q <= n and (byte(s, q) == 43 or byte(s, q) == 45) then
             q = q + 1
         end
-        if q > n then
-            return MORE
+        q = strict_digits(s, q, n)
+        if q < 0 then
+            return q
         end
-        if not is_digit(byte(s, q)) then
-            return BAD
-        end
-        repeat q = q + 1 until not is_digit(byte(s, q)) or q > n
     end
     if q > n then
         return MORE
@@ -381,7 +387,6 @@ local function parse_usage(s, k, n)
     end
     return USAGE_OK, tin or 0, tout or 0, e
 end
-
 
 _M.is_ws = is_ws
 _M.skip_ws = skip_ws
