@@ -210,11 +210,10 @@ local function fail(self, err, reason)
     return nil, err
 end
 
--- Attaches this process's slot to every metric of the registry (first write).
--- When every slot is taken, tries again at most once a second: claiming scans
--- all slots, too slow to repeat on every update.
-attach_slot = function(self)
-    local reg = self.reg
+-- Attaches this process's slot to the registry reg and every metric of it
+-- (first write). When every slot is taken, tries again at most once a second:
+-- claiming scans all slots, too slow to repeat on every update.
+attach_slot = function(reg)
     if reg.cells == nil then
         if phase() == "init" then
             return nil, "metrics cannot be recorded in init_by_lua (the master); "
@@ -262,7 +261,7 @@ end
 -- Returns the series' first cell, or nil, err, reason.
 local function resolve(self, lv)
     if self.cells == nil then
-        local ok, err, reason = attach_slot(self)
+        local ok, err, reason = attach_slot(self.reg)
         if not ok then
             return nil, err, reason
         end
