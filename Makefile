@@ -49,9 +49,10 @@ fuzz:
 
 install:
 	@test -f $(LIBRARY) || { echo "install: $(LIBRARY) not found: run 'make build' first" >&2; exit 1; }
-	$(INSTALL) -d $(DESTDIR)$(LUA_LIB_DIR)/resty/shmetrics $(DESTDIR)$(LUA_CLIB_DIR)
+	$(INSTALL) -d $(DESTDIR)$(LUA_LIB_DIR)/resty/shmetrics/gateway $(DESTDIR)$(LUA_CLIB_DIR)
 	$(INSTALL) -m 644 lua/resty/shmetrics.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/
 	$(INSTALL) -m 644 lua/resty/shmetrics/*.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/shmetrics/
+	$(INSTALL) -m 644 lua/resty/shmetrics/gateway/*.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/shmetrics/gateway/
 	$(INSTALL) -m 644 $(LIBRARY) $(DESTDIR)$(LUA_CLIB_DIR)/libshmetrics.so
 
 # Removes what `install` put there; `resty/` only if nothing else is left in it.

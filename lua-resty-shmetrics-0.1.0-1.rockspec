@@ -29,7 +29,15 @@ build = {
    install = {
       lua = {
          ["resty.shmetrics"] = "lua/resty/shmetrics.lua",
+         ["resty.shmetrics.binding"] = "lua/resty/shmetrics/binding.lua",
+         ["resty.shmetrics.metrics"] = "lua/resty/shmetrics/metrics.lua",
+         ["resty.shmetrics.serve"] = "lua/resty/shmetrics/serve.lua",
          ["resty.shmetrics.gateway"] = "lua/resty/shmetrics/gateway.lua",
+         ["resty.shmetrics.gateway.json"] = "lua/resty/shmetrics/gateway/json.lua",
+         ["resty.shmetrics.gateway.options"] = "lua/resty/shmetrics/gateway/options.lua",
+         ["resty.shmetrics.gateway.outcome"] = "lua/resty/shmetrics/gateway/outcome.lua",
+         ["resty.shmetrics.gateway.request"] = "lua/resty/shmetrics/gateway/request.lua",
+         ["resty.shmetrics.gateway.stream"] = "lua/resty/shmetrics/gateway/stream.lua",
          ["resty.shmetrics.status"] = "lua/resty/shmetrics/status.lua",
       },
       -- resty.shmetrics finds it by walking package.cpath, as `libshmetrics`.

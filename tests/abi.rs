@@ -160,19 +160,19 @@ fn cstr(p: *const c_char) -> &'static str {
 // ---------------------------------------------------------------------------
 // Version, constants, error strings
 
-/// `local NAME = <integer>` in lua/resty/shmetrics.lua.
+/// `local NAME = <integer>` in lua/resty/shmetrics/binding.lua.
 fn lua_const(src: &str, name: &str) -> i64 {
     let prefix = format!("local {name} = ");
     let line = src
         .lines()
         .find(|l| l.trim_start().starts_with(&prefix))
-        .unwrap_or_else(|| panic!("lua/resty/shmetrics.lua has no `{prefix}...`"));
+        .unwrap_or_else(|| panic!("lua/resty/shmetrics/binding.lua has no `{prefix}...`"));
     let v = line.trim_start()[prefix.len()..].split_whitespace().next().unwrap();
     v.parse().unwrap_or_else(|_| panic!("not an integer: {line}"))
 }
 
 fn lua_source() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/resty/shmetrics.lua")).unwrap()
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/resty/shmetrics/binding.lua")).unwrap()
 }
 
 #[test]

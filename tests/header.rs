@@ -44,7 +44,7 @@ fn header_define(name: &str) -> i64 {
 }
 
 fn lua_source() -> String {
-    std::fs::read_to_string(root().join("lua/resty/shmetrics.lua")).unwrap()
+    std::fs::read_to_string(root().join("lua/resty/shmetrics/binding.lua")).unwrap()
 }
 
 fn lua_local(name: &str) -> i64 {

@@ -153,7 +153,7 @@ fn store_cell(r: &Region, slot: u32, idx: u32, v: f64) {
     a.store(v.to_bits(), Ordering::Relaxed);
 }
 
-/// `gauge:set` of lua/resty/shmetrics.lua: a stamp from the slot's own sequence,
+/// `gauge:set` of lua/resty/shmetrics/metrics.lua: a stamp from the slot's own sequence,
 /// the value and stamp in the slot, then the stamp published in shared slot 0.
 fn gauge_set(r: &Region, slot: u32, base: u32, v: f64) {
     let seq = r.cell(slot, CELL_GAUGE_SEQ) + 1.0;
@@ -164,7 +164,7 @@ fn gauge_set(r: &Region, slot: u32, base: u32, v: f64) {
     store_cell(r, SHARED_SLOT, base, stamp);
 }
 
-/// `gauge:inc` of lua/resty/shmetrics.lua: deltas count only since the last set.
+/// `gauge:inc` of lua/resty/shmetrics/metrics.lua: deltas count only since the last set.
 fn gauge_inc(r: &Region, slot: u32, base: u32, v: f64) {
     let stamp = r.cell(SHARED_SLOT, base);
     if r.cell(slot, base + 3) != stamp {

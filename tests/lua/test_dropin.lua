@@ -72,6 +72,12 @@ test("numeric strings are numbers; other strings are refused and counted", funct
     eq(sample(p:metric_data("text"), "nginx_metric_errors_total"), "4")
 end)
 
+test("log_error as a process's first call counts it (no update before)", function()
+    local p = h.registry()
+    p:log_error("first")
+    eq(sample(p:metric_data("text"), "nginx_metric_errors_total"), "1")
+end)
+
 test("metric_data() is an array of lines that table.concat joins into the exposition", function()
     local p = h.registry()
     p:counter("md_total", "MD", { "k" }):inc(1, { "x" })

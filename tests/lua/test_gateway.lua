@@ -4,7 +4,21 @@
 local h = require "helpers"
 local eq, contains, raises = h.eq, h.contains, h.raises
 local gateway = require "resty.shmetrics.gateway"
-local I = gateway._internal
+-- The inner modules, for their unit tests.
+local json = require "resty.shmetrics.gateway.json"
+local stream = require "resty.shmetrics.gateway.stream"
+local outcome = require "resty.shmetrics.gateway.outcome"
+local I = {
+    scan_request = require("resty.shmetrics.gateway.request").scan_request,
+    header_var = require("resty.shmetrics.gateway.options").header_var,
+    parse_usage = json.parse_usage, json_feed = stream.json_feed, sse_feed = stream.sse_feed,
+    classify = outcome.classify, usage_problem = outcome.usage_problem,
+    last_entry = outcome.last_entry,
+    USAGE_OK = json.USAGE_OK, USAGE_NULL = json.USAGE_NULL, NOT_KEY = json.NOT_KEY,
+    MORE = json.MORE, BAD = json.BAD, USAGE_MAX = stream.USAGE_MAX,
+    MODE_JSON = stream.MODE_JSON, MODE_SSE = stream.MODE_SSE,
+    MODE_UNSUPPORTED = stream.MODE_UNSUPPORTED,
+}
 
 local T = {}
 local function test(name, fn) T[#T + 1] = { name, fn } end
