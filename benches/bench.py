@@ -1685,7 +1685,7 @@ def write_report(info, res, sections, elapsed):
         f"| nginx | {info['nginx']}, ngx_lua (libnginx-mod-http-lua) {info['ngx_lua']} |",
         f"| LuaJIT | {info['luajit']} |",
         f"| tools | {info['wrk']}; {info['valgrind']}; {info['rustc']} |",
-        f"| checkout | `{info['git']}`; measured `lua/resty/shmetrics.lua` sha256 `{SNAPSHOT.get('lua')}…`, "
+        f"| checkout | `{info['git']}`; measured `lua/` tree sha256 (every file, in path order) `{SNAPSHOT.get('lua')}…`, "
         f"`libshmetrics.so` sha256 `{SNAPSHOT.get('lib')}…` (built {SNAPSHOT.get('lib_mtime')}) |",
         f"| whole run | {elapsed:.0f} s; load average (1, 5, 15 min) at the start {', '.join(info['load_start'])}, at the end {', '.join(open('/proc/loadavg').read().split()[:3])} |",
         "",
@@ -1894,7 +1894,14 @@ def snapshot():
         sys.exit(f"lua/resty/shmetrics.lua does not load: {r.stderr.strip()}")
     import hashlib
     digest = lambda f: hashlib.sha256(open(f, "rb").read()).hexdigest()[:12]
-    SNAPSHOT = dict(lua=digest(mod), lib=digest(LIB),
+    # The Lua side is several modules: one digest over every file of the tree, in path order.
+    tree = hashlib.sha256()
+    for dirpath, dirnames, filenames in sorted(os.walk(LUA_DIR)):
+        dirnames.sort()
+        for f in sorted(filenames):
+            path = os.path.join(dirpath, f)
+            tree.update(os.path.relpath(path, LUA_DIR).encode() + b"\0" + open(path, "rb").read())
+    SNAPSHOT = dict(lua=tree.hexdigest()[:12], lib=digest(LIB),
                     lib_mtime=datetime.datetime.fromtimestamp(os.stat(os.path.join(LIB_DIR, "libshmetrics.so")).st_mtime)
                     .strftime("%Y-%m-%d %H:%M:%S"))
 
