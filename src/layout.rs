@@ -36,13 +36,89 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// Longest HELP text, in bytes.
 pub const MAX_HELP_BYTES: usize = 4096;
 
-/// Metric kinds, as stored in [`Family::kind`] and passed through the ABI.
-pub const KIND_COUNTER: u32 = 0;
-pub const KIND_GAUGE: u32 = 1;
-pub const KIND_HISTOGRAM: u32 = 2;
+/// A metric kind, as stored (a `u32`) in [`Family::kind`] and passed through the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter = 0,
+    Gauge = 1,
+    Histogram = 2,
+}
 
-/// Cells a gauge series uses in each slot: set value, set stamp, delta, delta stamp.
+/// The raw values of [`Kind`] (what the file and the C ABI carry).
+pub const KIND_COUNTER: u32 = Kind::Counter as u32;
+pub const KIND_GAUGE: u32 = Kind::Gauge as u32;
+pub const KIND_HISTOGRAM: u32 = Kind::Histogram as u32;
+
+impl Kind {
+    /// The kind a raw value read from the file (or passed through the ABI)
+    /// names, or `None`: a file may hold any bytes.
+    #[inline]
+    pub fn from_raw(raw: u32) -> Option<Kind> {
+        match raw {
+            KIND_COUNTER => Some(Kind::Counter),
+            KIND_GAUGE => Some(Kind::Gauge),
+            KIND_HISTOGRAM => Some(Kind::Histogram),
+            _ => None,
+        }
+    }
+
+    /// The name both exposition formats and the JSON view give the kind (`# TYPE`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+
+    /// Cells a series of this kind uses in each slot: 1 for a counter,
+    /// [`GAUGE_CELLS`] for a gauge, the `nbounds` finite buckets plus `+Inf`
+    /// plus the sum for a histogram (`nbounds` clamped to [`MAX_BUCKETS`]).
+    #[inline]
+    pub fn cells(self, nbounds: u32) -> u32 {
+        match self {
+            Kind::Counter => 1,
+            Kind::Gauge => GAUGE_CELLS,
+            Kind::Histogram => nbounds.min(MAX_BUCKETS as u32) + 2,
+        }
+    }
+}
+
+/// The name of a raw kind for messages: its [`Kind::name`], or "unknown".
+pub fn kind_name(raw: u32) -> &'static str {
+    Kind::from_raw(raw).map_or("unknown", Kind::name)
+}
+
+/// Cells per series of a raw kind ([`Kind::cells`]); an unknown kind (a
+/// corrupt record, refused where records are checked) is taken as a histogram's.
+pub fn cells_of(kind: u32, nbounds: u32) -> u32 {
+    Kind::from_raw(kind).unwrap_or(Kind::Histogram).cells(nbounds)
+}
+
+/// Cells a gauge series uses in each slot (see the `GAUGE_*` offsets).
 pub const GAUGE_CELLS: u32 = 4;
+
+/// The gauge cell protocol: offsets from a gauge series' first cell.
+///
+/// In each writer's own slot: the value of its last `set`
+/// ([`GAUGE_SET_VALUE`]) and that set's stamp ([`GAUGE_SET_STAMP`]); the sum of
+/// its `inc`s since the last set of any writer ([`GAUGE_DELTA`]) and the stamp
+/// of that set ([`GAUGE_DELTA_STAMP`]). In [`SHARED_SLOT`], at
+/// [`GAUGE_SHARED_STAMP`]: the stamp of the last set of any writer, stored last
+/// by that set. A stamp is `seq * STAMP_SLOTS + slot`, `seq` from the writer's
+/// [`CELL_GAUGE_SEQ`], so it names the slot whose set value is current.
+///
+/// The reader (`cells::gauge_value`): the current set's value, read from the
+/// slot the shared stamp names, plus every slot's delta whose delta stamp
+/// equals the shared stamp (deltas made since that set).
+pub const GAUGE_SET_VALUE: u32 = 0;
+pub const GAUGE_SET_STAMP: u32 = 1;
+pub const GAUGE_DELTA: u32 = 2;
+pub const GAUGE_DELTA_STAMP: u32 = 3;
+/// In [`SHARED_SLOT`]: the stamp of the last set of the gauge.
+pub const GAUGE_SHARED_STAMP: u32 = 0;
+const _: () = assert!(GAUGE_DELTA_STAMP < GAUGE_CELLS && GAUGE_SHARED_STAMP < GAUGE_CELLS);
 
 /// Hot-path error reasons; `CELL_ERRORS + reason` in each slot.
 pub const REASONS: [&str; 11] = [
@@ -77,11 +153,39 @@ pub const CORRUPT_HEADER: u32 = 3;
 const _: () = assert!(CELL_ERRORS as usize + REASONS.len() <= CELL_CORRUPT as usize);
 const _: () = assert!(CELL_CORRUPT as usize + CORRUPT_WHAT.len() <= RESERVED_CELLS as usize);
 
-/// Series and family states.
-pub const STATE_WRITING: u32 = 0;
-pub const STATE_LIVE: u32 = 1;
-pub const STATE_DELETED: u32 = 2;
-pub const STATE_ORPHAN: u32 = 3;
+/// The state of a family or series record ([`Family::state`], [`Series::state`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Claimed and being written; not published yet (or its creator died).
+    Writing = 0,
+    /// Published and complete; what lookups and the exposition take.
+    Live = 1,
+    /// Deleted by `del`/`reset`: skipped, never reused.
+    Deleted = 2,
+    /// Lost a publication race or was replaced: skipped, never reused.
+    Orphan = 3,
+}
+
+/// The raw values of [`State`] (what the records' atomics hold).
+pub const STATE_WRITING: u32 = State::Writing as u32;
+pub const STATE_LIVE: u32 = State::Live as u32;
+pub const STATE_DELETED: u32 = State::Deleted as u32;
+pub const STATE_ORPHAN: u32 = State::Orphan as u32;
+
+impl State {
+    /// The state a raw value read from the file names, or `None`.
+    #[inline]
+    pub fn from_raw(raw: u32) -> Option<State> {
+        match raw {
+            STATE_WRITING => Some(State::Writing),
+            STATE_LIVE => Some(State::Live),
+            STATE_DELETED => Some(State::Deleted),
+            STATE_ORPHAN => Some(State::Orphan),
+            _ => None,
+        }
+    }
+}
 
 /// The region header: constants written once by the creator, then counters.
 ///

@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::render::Render;
+use crate::scrape::Render;
 
 /// What [`Job::poll`] found.
 #[derive(Debug, PartialEq)]

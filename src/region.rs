@@ -7,15 +7,18 @@
 //! loaded, so [`open`] finds the mapping it already made and returns it: old and
 //! new workers keep writing into the same memory.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use crate::error::Error;
 use crate::layout::*;
+use crate::owner::{my_owner_word, owner_alive};
 
 /// How [`open`] came by its region.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,20 +49,36 @@ pub struct Region {
     pub path: PathBuf,
     pub params: Params,
     pub off: Offsets,
-    /// `(pid << 32) | slot` of the slot this process owns, 0 if none.
+    /// This region's number in this process (never reused, unlike addresses):
+    /// what per-process state kept by the layers above is keyed by.
+    pub id: u64,
+    /// `(pid << 32) | slot` of the slot this process owns, 0 if none (see `slots`).
     pub(crate) my_slot: AtomicU64,
-    /// This process's rendered label blocks, by series id (see `render`).
-    pub(crate) label_cache: Mutex<Vec<Option<Box<[u8]>>>>,
-    /// This process's live series by family (see `render::Scan`).
-    pub(crate) scan: Mutex<crate::render::Scan>,
-    /// Corrupt records this process has found, counted and to log (see `check`).
-    pub(crate) corrupt: Mutex<crate::check::Found>,
+    /// Corrupt records this process has found, counted and to log (see `corrupt`).
+    pub(crate) corrupt: Mutex<Found>,
     /// The definitions this process made or matched, by family id: what its
-    /// callers write, whatever the file says later (see `check`).
-    pub(crate) defs: Mutex<Vec<Option<crate::check::Def>>>,
-    /// Name of the error counter this process exposes (empty: none); see
-    /// `Region::set_error_metric`. Per process: workers inherit the master's.
-    pub(crate) error_metric: Mutex<Vec<u8>>,
+    /// callers write, whatever the file says later (see `registry::families`).
+    pub(crate) defs: Mutex<Vec<Option<Def>>>,
+}
+
+/// Corrupt records this process has found (reported by `corrupt`).
+#[derive(Default)]
+pub(crate) struct Found {
+    pub(crate) seen: HashSet<(u32, u32)>,
+    /// The first message not logged yet, and how many records it stands for.
+    pub(crate) message: Option<String>,
+    pub(crate) pending: u64,
+    pub(crate) last_notice: Option<Instant>,
+}
+
+/// A definition as this process made or matched it (see `registry::families`).
+pub(crate) struct Def {
+    pub(crate) kind: u32,
+    pub(crate) cells: u32,
+    /// Where the finite bounds (histograms) were in the arena when defined:
+    /// what `shmetrics_family_bounds` hands to Lua, whatever the record's
+    /// `bounds_off` says later. NULL if none.
+    pub(crate) bounds: *const f64,
 }
 
 // SAFETY: a `Region` is a pointer into a `MAP_SHARED` mapping that stays mapped for
@@ -70,6 +89,14 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 static REGIONS: Mutex<Vec<&'static Region>> = Mutex::new(Vec::new());
+/// The next [`Region::id`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Whether the region numbered `id` is mapped in this process (opened and
+/// not forgotten): per-region state kept elsewhere may be dropped once not.
+pub fn is_open(id: u64) -> bool {
+    REGIONS.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.id == id)
+}
 
 /// Opens (or reuses) the region at `path`.
 ///
@@ -173,21 +200,72 @@ fn recorded_master(c: &CString) -> u64 {
         return 0;
     }
     let fd = Fd(fd);
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; std::mem::size_of::<Header>()];
     // SAFETY: `buf` is a valid writable buffer of the given length.
     let n = unsafe { libc::pread(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
     let at = std::mem::offset_of!(Header, master);
-    if n != buf.len() as isize || buf[..8] != MAGIC || u16::from_le_bytes([buf[8], buf[9]]) != LAYOUT_MAJOR {
+    let major = std::mem::offset_of!(Header, major);
+    if n != buf.len() as isize
+        || buf[..MAGIC.len()] != MAGIC
+        || u16::from_le_bytes([buf[major], buf[major + 1]]) != LAYOUT_MAJOR
+    {
         return 0;
     }
     u64::from_le_bytes(buf[at..at + 8].try_into().unwrap())
+}
+
+/// Refuses a region whose recorded master (`word`, an owner word as in
+/// [`Header::master`]) is another nginx that still runs: two masters mapping one
+/// file would add their counts together. The process itself (a second `open`
+/// after its mapping was made elsewhere) and its parent are not others: a binary
+/// upgrade (USR2) starts the new master as the old master's child, and both share
+/// the region while the old workers drain.
+fn check_master(word: u64, path: &std::path::Path) -> Result<(), Error> {
+    let pid = (word & 0xffff_ffff) as u32;
+    if word == 0 || pid == std::process::id() || !owner_alive(word) {
+        // The recorded master may have exited while its nginx still runs: a
+        // daemon's `init_by_lua` runs before nginx forks the daemon, so the
+        // recorded pid is that of the process that started it. A binary upgrade's
+        // new master is still one: nginx hands it the listening sockets in the
+        // environment variable NGINX.
+        if std::env::var_os("NGINX").is_some() {
+            // Relaxed: read later by this same thread's caller (see joined_parent).
+            JOINED_PARENT.store(true, Ordering::Relaxed);
+        }
+        return Ok(());
+    }
+    // SAFETY: getppid has no preconditions.
+    if pid as i32 == unsafe { libc::getppid() } {
+        // Relaxed: as above.
+        JOINED_PARENT.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    Err(Error::Io(format!(
+        "\"{}\" is in use by another running nginx (master pid {pid}): two instances would add \
+         their counts together; give each instance its own file with the \"path\" option of \
+         shmetrics.init (or stop the other one)",
+        path.display()
+    )))
+}
+
+/// Set when this process is a binary upgrade's new master: the region's
+/// recorded master is its live parent, or nginx handed it the listening
+/// sockets (the environment variable NGINX).
+static JOINED_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process joined a region of its parent (a binary upgrade): its
+/// open must not start a new configuration, since the old master's workers
+/// are still being scraped and every family would vanish until this master's
+/// definitions name it again.
+pub fn joined_parent() -> bool {
+    JOINED_PARENT.load(Ordering::Relaxed)
 }
 
 fn map_file_unowned(path: &Path, params: Params, reset: bool) -> Result<(Region, Opened), Error> {
     let off = params.offsets();
     let c = cpath(path)?;
     // Before anything else, even a reset: never replace or join another nginx's region.
-    crate::store::check_master(recorded_master(&c), path)?;
+    check_master(recorded_master(&c), path)?;
     let mut recreated = None;
     if !reset {
         // SAFETY: `c` is a valid NUL-terminated path.
@@ -237,41 +315,58 @@ fn validate_existing(fd: libc::c_int, size: u64, params: &Params, off: &Offsets)
     if size < HEADER_BYTES {
         return Err((ORIGIN_BAD_FILE, format!("the file is {size} bytes, shorter than a header")));
     }
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; std::mem::size_of::<Header>()];
     // SAFETY: `buf` is a valid writable buffer of the given length.
     let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n != buf.len() as isize {
         return Err((ORIGIN_BAD_FILE, "the header could not be read".to_string()));
     }
+    // Header fields by name: the file's bytes are read at this build's offsets.
+    macro_rules! at {
+        ($field:ident) => {
+            std::mem::offset_of!(Header, $field)
+        };
+    }
     let u16_at = |o: usize| u16::from_le_bytes([buf[o], buf[o + 1]]);
     let u32_at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap());
-    if buf[..8] != MAGIC {
+    if buf[..MAGIC.len()] != MAGIC {
         return Err((ORIGIN_BAD_FILE, "wrong magic: not a shmetrics region".to_string()));
     }
-    if u16_at(8) != LAYOUT_MAJOR {
-        return Err((ORIGIN_LAYOUT, format!("layout version {} is not ours ({LAYOUT_MAJOR})", u16_at(8))));
+    if u16_at(at!(major)) != LAYOUT_MAJOR {
+        return Err((ORIGIN_LAYOUT, format!("layout version {} is not ours ({LAYOUT_MAJOR})", u16_at(at!(major)))));
     }
     let want = [
-        ("header_size", u32_at(12) as u64, std::mem::size_of::<Header>() as u64, ORIGIN_BAD_FILE),
+        ("header_size", u32_at(at!(header_size)) as u64, std::mem::size_of::<Header>() as u64, ORIGIN_BAD_FILE),
         // The configured sizes before total_size, which follows from them: the
         // reason then names the option that changed.
-        ("max_series", u32_at(24) as u64, params.max_series as u64, ORIGIN_SIZES),
-        ("max_families", u32_at(28) as u64, params.max_families as u64, ORIGIN_SIZES),
-        ("max_slots", u32_at(32) as u64, params.max_slots as u64, ORIGIN_SIZES),
-        ("max_label_bytes", u32_at(36) as u64, params.max_label_bytes as u64, ORIGIN_SIZES),
-        ("max_cells", u32_at(40) as u64, params.max_cells as u64, ORIGIN_SIZES),
-        ("arena_bytes", u64_at(56), params.arena_bytes, ORIGIN_SIZES),
-        ("total_size", u64_at(16), off.total, ORIGIN_SIZES),
+        ("max_series", u32_at(at!(max_series)) as u64, params.max_series as u64, ORIGIN_SIZES),
+        ("max_families", u32_at(at!(max_families)) as u64, params.max_families as u64, ORIGIN_SIZES),
+        ("max_slots", u32_at(at!(max_slots)) as u64, params.max_slots as u64, ORIGIN_SIZES),
+        ("max_label_bytes", u32_at(at!(max_label_bytes)) as u64, params.max_label_bytes as u64, ORIGIN_SIZES),
+        ("max_cells", u32_at(at!(max_cells)) as u64, params.max_cells as u64, ORIGIN_SIZES),
+        ("arena_bytes", u64_at(at!(arena_bytes)), params.arena_bytes, ORIGIN_SIZES),
+        ("total_size", u64_at(at!(total_size)), off.total, ORIGIN_SIZES),
     ];
     for (name, have, want, origin) in want {
         if have != want {
             return Err((origin, format!("{name} is {have} in the file, {want} in the configuration")));
         }
     }
-    let offs = [u64_at(72), u64_at(80), u64_at(88), u64_at(96), u64_at(104), u64_at(112), u64_at(120)];
+    let offs = [
+        u64_at(at!(off_slots)),
+        u64_at(at!(off_families)),
+        u64_at(at!(off_family_index)),
+        u64_at(at!(off_series)),
+        u64_at(at!(off_series_index)),
+        u64_at(at!(off_arena)),
+        u64_at(at!(off_cells)),
+    ];
     let want_offs = [off.slots, off.families, off.family_index, off.series, off.series_index, off.arena, off.cells];
-    if offs != want_offs || u32_at(44) != off.series_index_cap || u32_at(48) != off.family_index_cap {
+    if offs != want_offs
+        || u32_at(at!(series_index_cap)) != off.series_index_cap
+        || u32_at(at!(family_index_cap)) != off.family_index_cap
+    {
         return Err((ORIGIN_BAD_FILE, "section offsets differ from this build's".to_string()));
     }
     if size != off.total {
@@ -489,13 +584,20 @@ impl Region {
             path: path.to_path_buf(),
             params,
             off,
+            // Relaxed: only distinct numbers are asked of the counter.
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             my_slot: AtomicU64::new(0),
-            label_cache: Mutex::new(Vec::new()),
-            scan: Mutex::new(crate::render::Scan::default()),
-            corrupt: Mutex::new(crate::check::Found::default()),
+            corrupt: Mutex::new(Found::default()),
             defs: Mutex::new(Vec::new()),
-            error_metric: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records the calling process as the master that maps this region (see
+    /// [`check_master`]).
+    fn record_master(&self) {
+        // Relaxed: an identity read by the next master's `open`, which runs after
+        // this process made its mapping; no other data is published with it.
+        self.header().master.store(my_owner_word(), Ordering::Relaxed);
     }
 
     /// Refuses a file whose counters point past its own capacities (corruption):
@@ -616,15 +718,15 @@ impl Region {
             // Acquire: pairs with the creator's Release of the state (or of the
             // index position below): its counters were taken before that, so
             // the loads of the counters after this scan see them.
-            matches!(state.load(Ordering::Acquire), STATE_LIVE | STATE_DELETED | STATE_ORPHAN)
+            matches!(State::from_raw(state.load(Ordering::Acquire)), Some(State::Live | State::Deleted | State::Orphan))
         };
-        let mut fam_indexed = vec![false; p.max_families as usize];
+        let mut family_indexed = vec![false; p.max_families as usize];
         let mut series_indexed = vec![false; p.max_series as usize];
         for i in 0..self.off.family_index_cap {
             // Acquire: as above (the index CAS publishing an entry is Release).
             let v = self.family_index(i).load(Ordering::Acquire);
             if v != 0 && v <= p.max_families {
-                fam_indexed[v as usize - 1] = true;
+                family_indexed[v as usize - 1] = true;
             }
         }
         for i in 0..self.off.series_index_cap {
@@ -643,7 +745,7 @@ impl Region {
         };
         for id in 0..p.max_families {
             let f = self.family(id);
-            if !(fam_indexed[id as usize] || in_state(&f.state)) {
+            if !(family_indexed[id as usize] || in_state(&f.state)) {
                 continue;
             }
             families = id + 1;
@@ -674,7 +776,7 @@ impl Region {
                 if f.state.load(Ordering::Acquire) != STATE_LIVE {
                     continue;
                 }
-                let need = crate::check::cells_of(f.kind, f.nbounds);
+                let need = cells_of(f.kind, f.nbounds);
                 let end = s.cell as u64 + need as u64;
                 if need <= f.ncells && end <= p.max_cells as u64 {
                     cells = cells.max(end as u32);
@@ -863,7 +965,7 @@ impl Region {
     /// # Safety
     /// `slot < max_slots` and `idx < max_cells`.
     #[inline]
-    unsafe fn cell_word(&self, slot: u32, idx: u32) -> &AtomicU64 {
+    pub(crate) unsafe fn cell_word(&self, slot: u32, idx: u32) -> &AtomicU64 {
         let off = self.off.cells + (slot as u64 * self.params.max_cells as u64 + idx as u64) * 8;
         // SAFETY: inside the cells section by the contract; 8-aligned (the section
         // is page aligned); AtomicU64 has f64's size and alignment.
@@ -891,33 +993,6 @@ impl Region {
         assert!(slot < self.params.max_slots && idx < self.params.max_cells, "cell {slot}:{idx} out of range");
         // SAFETY: both bounds checked just above.
         unsafe { self.cell_unchecked(slot, idx) }
-    }
-
-    /// Adds to a cell of the calling process's own slot (single writer), unchecked.
-    ///
-    /// # Safety
-    /// `slot < max_slots`, `idx < max_cells`, and `slot` is the caller's own
-    /// slot (or load+store would lose another writer's update).
-    #[inline]
-    pub unsafe fn cell_add_unchecked(&self, slot: u32, idx: u32, v: f64) {
-        // SAFETY: bounds by the caller's contract.
-        let a = unsafe { self.cell_word(slot, idx) };
-        // Relaxed: only the slot's owner writes it, so load+store is not a lost
-        // update; readers need no ordering with other cells (layout.md §4.2).
-        let old = f64::from_bits(a.load(Ordering::Relaxed));
-        a.store((old + v).to_bits(), Ordering::Relaxed);
-    }
-
-    /// Adds to a cell of the calling process's own slot (single writer).
-    ///
-    /// # Panics
-    /// If `slot >= max_slots` or `idx >= max_cells` (checked in release builds).
-    #[inline]
-    pub fn cell_add(&self, slot: u32, idx: u32, v: f64) {
-        assert!(slot < self.params.max_slots && idx < self.params.max_cells, "cell {slot}:{idx} out of range");
-        // SAFETY: both bounds checked just above; one writer per slot is the
-        // slot protocol (a wrong slot loses updates, never memory).
-        unsafe { self.cell_add_unchecked(slot, idx, v) }
     }
 }
 

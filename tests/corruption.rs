@@ -12,12 +12,13 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use shmetrics::cells;
 use shmetrics::error::Error;
 use shmetrics::expo::Format;
 use shmetrics::layout::*;
 use shmetrics::region::{self, Region};
-use shmetrics::render::Render;
-use shmetrics::store::FamilyDef;
+use shmetrics::registry::FamilyDef;
+use shmetrics::scrape::Render;
 
 /// A region file of one test and a second, writable mapping of it.
 struct Sabotage {
@@ -124,10 +125,10 @@ fn populated(s: &Sabotage) -> (u32, u32, [u32; 3]) {
     let slot = r.claim_slot().unwrap();
     // SAFETY: our own slot; the cells were returned for histograms with bounds [0.1, 1].
     unsafe {
-        shmetrics::store::observe(r.cells(slot), cells[0], &[0.1, 1.0], 0.5);
-        shmetrics::store::observe(r.cells(slot), cells[1], &[0.1, 1.0], 2.0);
+        shmetrics::cells::observe(r.cells(slot), cells[0], &[0.1, 1.0], 0.5);
+        shmetrics::cells::observe(r.cells(slot), cells[1], &[0.1, 1.0], 2.0);
     }
-    r.cell_add(slot, cells[2], 7.0);
+    cells::add(r, slot, cells[2], 7.0);
     (h, c, cells)
 }
 
@@ -265,7 +266,7 @@ fn garbage_in_unused_series_records_does_not_hide_new_series() {
     let cell = s.r.series_cell(c, &[b"/new"]).unwrap();
     assert_eq!(s.r.series(used).state.load(Ordering::Relaxed), STATE_LIVE, "published LIVE, from WRITING");
     let slot = s.r.claim_slot().unwrap();
-    s.r.cell_add(slot, cell, 3.0);
+    cells::add(s.r, slot, cell, 3.0);
     let body = s.render();
     assert!(body.contains("req_total{route=\"/new\"} 3\n"), "{body}");
     assert!(!body.contains("shmetrics_region_corrupt_total"), "nothing corrupt was met:\n{body}");

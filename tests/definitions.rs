@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
-use shmetrics::error;
 use shmetrics::expo::Format;
+use shmetrics::ffi;
 use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
-use shmetrics::render::Render;
-use shmetrics::store::FamilyDef;
+use shmetrics::registry::FamilyDef;
+use shmetrics::scrape::Render;
 
 struct Shm(PathBuf);
 
@@ -69,7 +69,7 @@ fn a_changed_definition_replaces_the_stored_one() {
 
     // Without the replace flag a differing definition is still refused, naming both.
     let e = r.define_family(&def(KIND_GAUGE, "temp", "T", room_floor, &[])).unwrap_err();
-    assert_eq!(e.code(), error::E_CONFLICT);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_CONFLICT);
     assert!(e.message().contains("gauge {room}; this definition is gauge {room,floor}"), "{}", e.message());
 
     let new = r.define_family_replacing(&def(KIND_GAUGE, "temp", "T2", room_floor, &[])).unwrap();
@@ -130,7 +130,7 @@ fn a_new_configuration_shows_only_what_it_defines() {
     r.define_family(&def(KIND_COUNTER, "a", "A", h, &[])).unwrap();
     // ... but it cannot come back beside one that took its names.
     let e = r.define_family(&def(KIND_COUNTER, "a_total", "A", k, &[])).unwrap_err();
-    assert_eq!(e.code(), error::E_CONFLICT);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_CONFLICT);
 }
 
 /// The owner word of a running process, as the region records it.
@@ -170,7 +170,7 @@ fn a_region_belongs_to_one_live_master() {
     write_master(&dst.0, owner_word(other.0.id()));
     for reset in [false, true] {
         let e = region::open(&dst.0, params(), reset).err().expect("a live master's region is refused");
-        assert_eq!(e.code(), error::E_IO);
+        assert_eq!(e.code(), ffi::SHMETRICS_E_IO);
         let want = format!("\"{}\" is in use by another running nginx (master pid {})", dst.0.display(), other.0.id());
         assert!(e.message().starts_with(&want), "{}", e.message());
         assert!(e.message().contains("\"path\" option"), "{}", e.message());

@@ -1,4 +1,4 @@
-//! The committed C header must be exactly what cbindgen makes of `src/ffi.rs`,
+//! The committed C header must be exactly what cbindgen makes of `src/ffi/`,
 //! and the ABI version must agree across the header, the library and Lua.
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ fn generate() -> String {
     let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml");
     let mut out = Vec::new();
     cbindgen::Builder::new()
-        .with_src(root().join("src/ffi.rs"))
+        .with_src(root().join("src/ffi/mod.rs"))
         .with_config(config)
         .generate()
         .expect("cbindgen failed")
@@ -29,7 +29,7 @@ fn header_matches_code() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == fresh,
-        "include/shmetrics.h is out of date with src/ffi.rs; \
+        "include/shmetrics.h is out of date with src/ffi/; \
          run `SHMETRICS_BLESS=1 cargo test --test header` and commit it"
     );
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
-use shmetrics::render::{Filter, Render};
-use shmetrics::store::FamilyDef;
+use shmetrics::registry::FamilyDef;
+use shmetrics::scrape::{Filter, Render};
 
 struct Shm(PathBuf);
 

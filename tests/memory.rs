@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 
 use shmetrics::layout::*;
 use shmetrics::region::{self, Region};
-use shmetrics::store::FamilyDef;
+use shmetrics::registry::FamilyDef;
 
 /// Series created per kind to measure the arena and cells they take.
 const N: u32 = 1000;

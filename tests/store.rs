@@ -22,12 +22,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use shmetrics::error::{self, Error};
+use shmetrics::cells;
+use shmetrics::error::Error;
 use shmetrics::expo::Format;
+use shmetrics::ffi;
 use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
-use shmetrics::render::Render;
-use shmetrics::store::{self, FamilyDef};
+use shmetrics::registry::FamilyDef;
+use shmetrics::scrape::Render;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -171,7 +173,7 @@ fn gauge_inc(r: &Region, slot: u32, base: u32, v: f64) {
         store_cell(r, slot, base + 2, 0.0);
         store_cell(r, slot, base + 3, stamp);
     }
-    r.cell_add(slot, base + 2, v);
+    cells::add(r, slot, base + 2, v);
 }
 
 fn promtool_check(body: &str) {
@@ -308,22 +310,22 @@ fn series_capacity_full_keeps_existing_and_counts_dropped() {
     let mut cells = Vec::new();
     for i in 0..10 {
         let c = cell(r, fam, &[&format!("v{i}")]);
-        r.cell_add(slot, c, (i + 1) as f64);
+        cells::add(r, slot, c, (i + 1) as f64);
         cells.push(c);
     }
     // Counters use one cell each, handed out in order after the reserved cells.
     assert_eq!(cells, (RESERVED_CELLS..RESERVED_CELLS + 10).collect::<Vec<_>>());
     let e = series(r, fam, &[b"v10"]).unwrap_err();
-    assert_eq!(e.code(), error::E_FULL);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_FULL);
     assert_eq!(e.message(), "all 10 series are used; raise max_series");
     assert_eq!(r.family(fam).dropped.load(Ordering::Relaxed), 1);
     let e = series(r, fam, &[b"v11"]).unwrap_err();
-    assert_eq!(e.code(), error::E_FULL);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_FULL);
     assert_eq!(r.family(fam).dropped.load(Ordering::Relaxed), 2);
     // Existing series still resolve to their own cells and keep counting.
     for (i, &c) in cells.iter().enumerate() {
         assert_eq!(cell(r, fam, &[&format!("v{i}")]), c);
-        r.cell_add(slot, c, 100.0);
+        cells::add(r, slot, c, 100.0);
     }
     let body = render(r);
     assert_eq!(total_series_lines(&body, "cap_total"), 10);
@@ -345,14 +347,14 @@ fn family_capacity_full_keeps_existing() {
     let ids: Vec<u32> = (0..3).map(|i| family(r, KIND_COUNTER, &format!("f{i}_total"), &[], &[])).collect();
     assert_eq!(ids, vec![0, 1, 2]);
     let e = define(r, KIND_COUNTER, "f3_total", "Help.", &[], &[]).unwrap_err();
-    assert_eq!(e.code(), error::E_FULL);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_FULL);
     assert_eq!(e.message(), "all 3 families are used; raise max_families");
     // Redefining an existing family needs no new entry.
     assert_eq!(family(r, KIND_COUNTER, "f1_total", &[], &[]), 1);
     assert_eq!(r.header().families_used.load(Ordering::Relaxed), 3);
     let c = cell(r, 2, &[]);
     let slot = r.claim_slot().unwrap();
-    r.cell_add(slot, c, 4.0);
+    cells::add(r, slot, c, 4.0);
     assert_eq!(must_sample(&render(r), "f2_total"), 4.0);
 }
 
@@ -380,12 +382,12 @@ fn arena_exhaustion_is_e_full_not_a_crash() {
     for i in 0..fits {
         let v = long(b'a' + i as u8);
         let c = series(r, fam, &[&v]).unwrap();
-        r.cell_add(slot, c, 1.0 + i as f64);
+        cells::add(r, slot, c, 1.0 + i as f64);
         created.push((v, c));
     }
     let v = long(b'z');
     let e = series(r, fam, &[&v]).unwrap_err();
-    assert_eq!(e.code(), error::E_FULL);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_FULL);
     assert_eq!(e.message(), "the arena is full; raise arena_bytes");
     assert_eq!(r.family(fam).dropped.load(Ordering::Relaxed), 1);
     assert!(r.header().arena_used.load(Ordering::Relaxed) <= 4096);
@@ -394,7 +396,7 @@ fn arena_exhaustion_is_e_full_not_a_crash() {
         assert_eq!(series(r, fam, &[v]).unwrap(), *c);
     }
     let short = series(r, fam, &[b"s"]).unwrap();
-    r.cell_add(slot, short, 9.0);
+    cells::add(r, slot, short, 9.0);
     let body = render(r);
     assert_eq!(total_series_lines(&body, "arena_total"), fits + 1);
     for (i, (v, _)) in created.iter().enumerate() {
@@ -413,7 +415,7 @@ fn cell_exhaustion_is_e_full() {
     let bounds: Vec<f64> = (1..=20).map(|i| i as f64).collect();
     let fam = family(r, KIND_HISTOGRAM, "wide", &[], &bounds);
     let e = series(r, fam, &[]).unwrap_err();
-    assert_eq!(e.code(), error::E_FULL);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_FULL);
     assert_eq!(e.message(), "all cells are used; raise max_cells");
     assert_eq!(r.family(fam).dropped.load(Ordering::Relaxed), 1);
     assert_eq!(r.header().cells_used.load(Ordering::Relaxed), RESERVED_CELLS);
@@ -432,7 +434,7 @@ fn refused_series_use_up_nothing() {
     let arena0 = r.header().arena_used.load(Ordering::Relaxed);
     for i in 0..100 {
         let v = format!("v{i}");
-        assert_eq!(series(r, wide, &[v.as_bytes()]).unwrap_err().code(), error::E_FULL);
+        assert_eq!(series(r, wide, &[v.as_bytes()]).unwrap_err().code(), ffi::SHMETRICS_E_FULL);
     }
     assert_eq!(r.header().series_used.load(Ordering::Relaxed), 0);
     assert_eq!(r.header().arena_used.load(Ordering::Relaxed), arena0);
@@ -452,7 +454,7 @@ fn label_length_limit_counts_the_bytes_sent() {
     // 4 bytes sent, two of them invalid UTF-8 (8 bytes once replaced): accepted.
     assert!(series(r, fam, &[b"ab\xff\xfe"]).is_ok());
     let e = series(r, fam, &[b"abcde"]).unwrap_err();
-    assert_eq!(e.code(), error::E_LABEL_TOO_LONG);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_LABEL_TOO_LONG);
     assert_eq!(e.message(), "label value #1 is 5 bytes; the limit (max_label_bytes) is 4");
 }
 
@@ -467,8 +469,8 @@ fn delete_hides_series_bumps_gen_and_recreation_starts_at_zero() {
     let slot = r.claim_slot().unwrap();
     let a = cell(r, fam, &["a"]);
     let b = cell(r, fam, &["b"]);
-    r.cell_add(slot, a, 5.0);
-    r.cell_add(slot, b, 7.0);
+    cells::add(r, slot, a, 5.0);
+    cells::add(r, slot, b, 7.0);
     let gen0 = r.family(fam).gen.load(Ordering::Relaxed);
     assert_eq!(r.delete_series(fam, &[b"a"]), Ok(true));
     assert_eq!(r.family(fam).gen.load(Ordering::Relaxed), gen0 + 1);
@@ -486,10 +488,10 @@ fn delete_hides_series_bumps_gen_and_recreation_starts_at_zero() {
     assert_eq!(r.cell(slot, a2), 0.0);
     let body = render(r);
     assert_eq!(lines_of(&body, "del_total"), vec!["del_total{k=\"b\"} 7", "del_total{k=\"a\"} 0"]);
-    r.cell_add(slot, a2, 2.0);
+    cells::add(r, slot, a2, 2.0);
     assert_eq!(must_sample(&render(r), "del_total{k=\"a\"}"), 2.0);
     // Wrong label count is an error, not "missing".
-    assert_eq!(r.delete_series(fam, &[]).unwrap_err().code(), error::E_LABEL_COUNT);
+    assert_eq!(r.delete_series(fam, &[]).unwrap_err().code(), ffi::SHMETRICS_E_LABEL_COUNT);
     // Series entries are not reused: 3 allocated (a, b, a again).
     assert_eq!(must_sample(&render(r), "shmetrics_series_used"), 3.0);
 }
@@ -503,9 +505,9 @@ fn reset_removes_every_series_of_that_family_only() {
     let slot = r.claim_slot().unwrap();
     for k in ["a", "b", "c"] {
         let c1 = cell(r, f1, &[k]);
-        r.cell_add(slot, c1, 1.0);
+        cells::add(r, slot, c1, 1.0);
         let c2 = cell(r, f2, &[k]);
-        r.cell_add(slot, c2, 2.0);
+        cells::add(r, slot, c2, 2.0);
     }
     let gen1 = r.family(f1).gen.load(Ordering::Relaxed);
     let gen2 = r.family(f2).gen.load(Ordering::Relaxed);
@@ -524,7 +526,7 @@ fn reset_removes_every_series_of_that_family_only() {
     let c = cell(r, f1, &["a"]);
     assert_eq!(r.cell(slot, c), 0.0);
     assert_eq!(lines_of(&render(r), "one_total"), vec!["one_total{k=\"a\"} 0"]);
-    assert_eq!(r.reset_family(99).unwrap_err().code(), error::E_INVALID);
+    assert_eq!(r.reset_family(99).unwrap_err().code(), ffi::SHMETRICS_E_INVALID);
 }
 
 /// A creator killed after publishing an entry (index CAS) but before marking it
@@ -536,7 +538,7 @@ fn entry_left_writing_by_a_dead_creator_is_finished_by_the_next_finder() {
     let fam = family(r, KIND_COUNTER, "w_total", &["k"], &[]);
     let slot = r.claim_slot().unwrap();
     let c = cell(r, fam, &["a"]);
-    r.cell_add(slot, c, 5.0);
+    cells::add(r, slot, c, 5.0);
     // Simulate the crash window for the series (id 0).
     r.series(0).state.store(STATE_WRITING, Ordering::Release);
     assert_eq!(lines_of(&render(r), "w_total"), Vec::<&str>::new());
@@ -546,7 +548,7 @@ fn entry_left_writing_by_a_dead_creator_is_finished_by_the_next_finder() {
     assert_eq!(r.header().series_used.load(Ordering::Relaxed), 1);
     // The same for a family: unusable until redefined, then the same id, live.
     r.family(fam).state.store(STATE_WRITING, Ordering::Release);
-    assert_eq!(series(r, fam, &[b"a"]).unwrap_err().code(), error::E_INVALID);
+    assert_eq!(series(r, fam, &[b"a"]).unwrap_err().code(), ffi::SHMETRICS_E_INVALID);
     assert_eq!(family(r, KIND_COUNTER, "w_total", &["k"], &[]), fam);
     assert_eq!(r.family(fam).state.load(Ordering::Acquire), STATE_LIVE);
     assert_eq!(cell(r, fam, &["a"]), c);
@@ -569,10 +571,10 @@ fn invalid_utf8_values_that_render_alike_are_one_series() {
     assert_eq!(a, b);
     assert_eq!(a, c);
     assert_ne!(a, other);
-    r.cell_add(slot, a, 1.0);
-    r.cell_add(slot, b, 1.0);
-    r.cell_add(slot, c, 1.0);
-    r.cell_add(slot, other, 4.0);
+    cells::add(r, slot, a, 1.0);
+    cells::add(r, slot, b, 1.0);
+    cells::add(r, slot, c, 1.0);
+    cells::add(r, slot, other, 4.0);
     let body = render(r);
     assert_eq!(lines_of(&body, "utf_total"), vec!["utf_total{v=\"a\u{FFFD}\"} 3", "utf_total{v=\"b\u{FFFD}\"} 4"]);
     assert_eq!(r.header().series_used.load(Ordering::Relaxed), 2);
@@ -592,8 +594,8 @@ fn populated(shm: &Shm, p: Params) -> &'static Region {
     let slot = r.claim_slot().unwrap();
     let x = cell(r, fam, &["x"]);
     let y = cell(r, fam, &["y"]);
-    r.cell_add(slot, x, 42.0);
-    r.cell_add(slot, y, 1.0);
+    cells::add(r, slot, x, 42.0);
+    cells::add(r, slot, y, 1.0);
     r
 }
 
@@ -641,7 +643,7 @@ fn attach_a_valid_file_keeps_its_counts() {
     assert!(std::ptr::eq(r2, r3));
     // ... but never with other sizes.
     let e = region::open(&dst.path, params(17, 4), false).err().unwrap();
-    assert_eq!(e.code(), error::E_INVALID);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_INVALID);
     assert!(e.message().contains("already mapped with other sizes"), "{}", e.message());
 }
 
@@ -727,7 +729,7 @@ fn group_readable_files_and_symlinks_are_refused() {
     copy_to(&src, &open);
     std::fs::set_permissions(&open.path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = region::open(&open.path, p, false).err().expect("mode 0644 refused");
-    assert_eq!(e.code(), error::E_IO);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_IO);
     assert_eq!(
         e.message(),
         format!("\"{}\" has mode 644: group or others may access it; refusing it (want 0600)", open.path.display())
@@ -741,7 +743,7 @@ fn group_readable_files_and_symlinks_are_refused() {
     let link = Shm::new("refuse-link");
     std::os::unix::fs::symlink(&target.path, &link.path).unwrap();
     let e = region::open(&link.path, p, false).err().expect("symlink refused");
-    assert_eq!(e.code(), error::E_IO);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_IO);
     assert_eq!(e.message(), format!("\"{}\" is a symbolic link; refusing it", link.path.display()));
     assert!(std::fs::symlink_metadata(&link.path).unwrap().file_type().is_symlink());
 
@@ -750,7 +752,7 @@ fn group_readable_files_and_symlinks_are_refused() {
     copy_to(&src, &bad);
     write_at(&bad.path, 196, &11u32.to_le_bytes()); // series_used > max_series (10)
     let e = region::open(&bad.path, p, false).err().expect("corrupt counters refused");
-    assert_eq!(e.code(), error::E_IO);
+    assert_eq!(e.code(), ffi::SHMETRICS_E_IO);
     assert!(e.message().contains("allocation counters beyond its capacity"), "{}", e.message());
 }
 
@@ -780,11 +782,11 @@ fn four_processes_count_exactly() {
                 // Same slot on every call in this process.
                 check!(r.claim_slot().ok() == Some(slot), 4);
                 for _ in 0..100_000 {
-                    r.cell_add(slot, c, 1.0);
+                    cells::add(r, slot, c, 1.0);
                 }
                 for i in 0..1000u32 {
                     // SAFETY: our own slot and a histogram series of these bounds.
-                    unsafe { store::observe(r.cells(slot), h, &bounds, (i % 200) as f64) };
+                    unsafe { cells::observe(r.cells(slot), h, &bounds, (i % 200) as f64) };
                     gauge_inc(r, slot, g, 1.0);
                 }
                 0
@@ -841,7 +843,7 @@ fn dead_process_slot_is_adopted_with_its_counts() {
     let first = spawn(move || {
         let Ok(slot) = r.claim_slot() else { return 2 };
         ctl.slots[0].store(slot, Ordering::Release);
-        r.cell_add(slot, c, 123.0);
+        cells::add(r, slot, c, 123.0);
         0
     });
     wait_all(&[first]);
@@ -858,7 +860,7 @@ fn dead_process_slot_is_adopted_with_its_counts() {
         ctl.slots[1].store(slot, Ordering::Release);
         // The adopted slot's counts are there, and this process adds to them.
         check!(r.cell(slot, c) == 123.0, 3);
-        r.cell_add(slot, c, 7.0);
+        cells::add(r, slot, c, 7.0);
         0
     });
     wait_all(&[second]);
@@ -869,7 +871,7 @@ fn dead_process_slot_is_adopted_with_its_counts() {
     // This (live) process adopts it too; then the slot counts as live.
     assert_eq!(r.claim_slot().unwrap(), s1);
     assert_eq!(r.slot(s1).claims.load(Ordering::Relaxed), 3);
-    r.cell_add(s1, c, 1.0);
+    cells::add(r, s1, c, 1.0);
     let body = render(r);
     assert_eq!(must_sample(&body, "adopt_total"), 131.0);
     assert_eq!(must_sample(&body, "shmetrics_worker_slots{state=\"live\"}"), 1.0);
@@ -886,11 +888,11 @@ fn no_free_slot_is_an_error_and_counted() {
     assert_eq!(r.claim_slot().unwrap(), 1);
     let child = spawn(move || {
         let Err(e) = r.claim_slot() else { return 2 };
-        check!(e.code() == error::E_NO_SLOT, 3);
+        check!(e.code() == ffi::SHMETRICS_E_NO_SLOT, 3);
         check!(e.message() == "all 1 worker slots belong to live processes; raise max_slots", 4);
         // SAFETY: `r` is a live region handle.
         let rc = unsafe { shmetrics::ffi::shmetrics_claim_slot(r) };
-        check!(rc == error::E_NO_SLOT, 5);
+        check!(rc == ffi::SHMETRICS_E_NO_SLOT, 5);
         // A failed claim is not an update: nothing counted yet.
         check!(r.header().no_slot_errors.load(Ordering::Relaxed) == 0, 6);
         // The update the caller then drops is counted, in the header (no slot).
@@ -942,7 +944,7 @@ fn create_concurrently(r: &'static Region, fam: u32, n: u32, lockstep: bool, ord
                     seen[j as usize] = true;
                     let v = format!("s{j}");
                     let Ok(c) = r.series_cell(fam, &[v.as_bytes()]) else { return 5 };
-                    r.cell_add(slot, c, ((j + 1) * (k + 1)) as f64);
+                    cells::add(r, slot, c, ((j + 1) * (k + 1)) as f64);
                 }
                 0
             })
@@ -1039,10 +1041,10 @@ fn reader_sees_monotonic_consistent_values_while_writers_run() {
                 check!(wait_for(&ctl.go, 1), 3);
                 let cells = r.cells(slot);
                 for i in 0..N {
-                    r.cell_add(slot, a, 1.0);
-                    r.cell_add(slot, b, 2.0);
+                    cells::add(r, slot, a, 1.0);
+                    cells::add(r, slot, b, 2.0);
                     // SAFETY: our own slot and a histogram series of these bounds.
-                    unsafe { store::observe(cells, h, &bounds, (i % 5) as f64 * 0.75) };
+                    unsafe { cells::observe(cells, h, &bounds, (i % 5) as f64 * 0.75) };
                     if i == N / 2 {
                         // Halfway: make sure the reader has seen a partial state.
                         check!(wait_for(&ctl.flag, 1), 4);
@@ -1196,12 +1198,12 @@ fn sample_region(shm: &Shm) -> &'static Region {
     let ch = cell(r, lat, &["/a"]);
     let ct = cell(r, temp, &[]);
     let _c3 = cell(r, req, &["GET", "404"]);
-    r.cell_add(slot, c1, 3.0);
-    r.cell_add(slot, c2, 1.0);
-    r.cell_add(slot, cz, 5.5);
+    cells::add(r, slot, c1, 3.0);
+    cells::add(r, slot, c2, 1.0);
+    cells::add(r, slot, cz, 5.5);
     for v in [0.125, 0.25, 0.5, 2.0] {
         // SAFETY: our own slot and a histogram series of these bounds.
-        unsafe { store::observe(r.cells(slot), ch, &[0.25, 1.0], v) };
+        unsafe { cells::observe(r.cells(slot), ch, &[0.25, 1.0], v) };
     }
     gauge_set(r, slot, ct, 10.5);
     gauge_inc(r, slot, ct, -0.5);
@@ -1320,7 +1322,7 @@ fn render_of_a_large_family_in_chunks() {
     let slot = r.claim_slot().unwrap();
     for i in 0..2500u32 {
         let c = cell(r, fam, &[&i.to_string()]);
-        r.cell_add(slot, c, i as f64);
+        cells::add(r, slot, c, i as f64);
     }
     let whole = render(r);
     let lines = lines_of(&whole, "many_total");

@@ -25,12 +25,13 @@ use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use shmetrics::cells;
 use shmetrics::expo::Format;
 use shmetrics::ffi::*;
 use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
-use shmetrics::render::{Filter, Render};
-use shmetrics::store::{self, exposed_names, FamilyDef};
+use shmetrics::registry::{exposed_names, FamilyDef};
+use shmetrics::scrape::{Filter, Render};
 
 // ===========================================================================
 // Input decoding
@@ -1467,9 +1468,9 @@ unsafe fn lua_write(r: &'static Region, fam: u32, def: &Def, slot: u32, cell: u3
                 assert!(!b.is_null(), "shmetrics_family_bounds({fam}) is NULL for a histogram");
                 shmetrics_observe(cells, cell, b, nb as u32, v);
             } else {
-                let b = r.fam_bounds(r.family(fam));
-                assert_eq!(b.len(), nb, "fam_bounds({fam})");
-                store::observe(cells, cell, b, v);
+                let b = r.family_bounds(r.family(fam));
+                assert_eq!(b.len(), nb, "family_bounds({fam})");
+                cells::observe(cells, cell, b, v);
             }
         }
     }
