@@ -187,9 +187,12 @@ fn abi_version_agrees_with_constant_and_lua_module() {
 
 #[test]
 fn lua_constants_mirror_the_library() {
-    use shmetrics::layout::{CELL_ERRORS, CELL_GAUGE_SEQ, STAMP_SLOTS};
+    use shmetrics::layout::{
+        CELL_ERRORS, CELL_GAUGE_SEQ, GAUGE_DELTA, GAUGE_DELTA_STAMP, GAUGE_SET_STAMP, GAUGE_SET_VALUE,
+        GAUGE_SHARED_STAMP, STAMP_SLOTS,
+    };
     let src = lua_source();
-    let want: [(&str, i64); 14] = [
+    let want: [(&str, i64); 19] = [
         ("E_LABEL_COUNT", SHMETRICS_E_LABEL_COUNT as i64),
         ("E_LABEL_TOO_LONG", SHMETRICS_E_LABEL_TOO_LONG as i64),
         ("E_FULL", SHMETRICS_E_FULL as i64),
@@ -201,6 +204,11 @@ fn lua_constants_mirror_the_library() {
         ("KIND_GAUGE", KIND_GAUGE as i64),
         ("KIND_HISTOGRAM", KIND_HISTOGRAM as i64),
         ("CELL_GAUGE_SEQ", CELL_GAUGE_SEQ as i64),
+        ("GAUGE_SET_VALUE", GAUGE_SET_VALUE as i64),
+        ("GAUGE_SET_STAMP", GAUGE_SET_STAMP as i64),
+        ("GAUGE_DELTA", GAUGE_DELTA as i64),
+        ("GAUGE_DELTA_STAMP", GAUGE_DELTA_STAMP as i64),
+        ("GAUGE_SHARED_STAMP", GAUGE_SHARED_STAMP as i64),
         ("CELL_ERRORS", CELL_ERRORS as i64),
         ("STAMP_SLOTS", STAMP_SLOTS as i64),
         ("DEFAULT_MAX_SLOTS", shmetrics::layout::Params::default().max_slots as i64),

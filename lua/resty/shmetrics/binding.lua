@@ -102,6 +102,13 @@ local KIND_GAUGE = 1
 local KIND_HISTOGRAM = 2
 
 local CELL_GAUGE_SEQ = 0
+-- The gauge cell protocol (layout.rs, GAUGE_*): offsets from a gauge series'
+-- first cell, in the writer's slot and (GAUGE_SHARED_STAMP) in the shared slot.
+local GAUGE_SET_VALUE = 0
+local GAUGE_SET_STAMP = 1
+local GAUGE_DELTA = 2
+local GAUGE_DELTA_STAMP = 3
+local GAUGE_SHARED_STAMP = 0
 -- The library's default max_slots (layout::Params::default), for the start-up warning.
 local DEFAULT_MAX_SLOTS = 64
 local CELL_ERRORS = 8
@@ -218,6 +225,11 @@ _M.KIND_COUNTER = KIND_COUNTER
 _M.KIND_GAUGE = KIND_GAUGE
 _M.KIND_HISTOGRAM = KIND_HISTOGRAM
 _M.CELL_GAUGE_SEQ = CELL_GAUGE_SEQ
+_M.GAUGE_SET_VALUE = GAUGE_SET_VALUE
+_M.GAUGE_SET_STAMP = GAUGE_SET_STAMP
+_M.GAUGE_DELTA = GAUGE_DELTA
+_M.GAUGE_DELTA_STAMP = GAUGE_DELTA_STAMP
+_M.GAUGE_SHARED_STAMP = GAUGE_SHARED_STAMP
 _M.DEFAULT_MAX_SLOTS = DEFAULT_MAX_SLOTS
 _M.CELL_ERRORS = CELL_ERRORS
 _M.CELL_LOG_ERRORS = CELL_LOG_ERRORS

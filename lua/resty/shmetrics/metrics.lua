@@ -31,6 +31,11 @@ local KIND_COUNTER = binding.KIND_COUNTER
 local KIND_GAUGE = binding.KIND_GAUGE
 local KIND_HISTOGRAM = binding.KIND_HISTOGRAM
 local CELL_GAUGE_SEQ = binding.CELL_GAUGE_SEQ
+local GAUGE_SET_VALUE = binding.GAUGE_SET_VALUE
+local GAUGE_SET_STAMP = binding.GAUGE_SET_STAMP
+local GAUGE_DELTA = binding.GAUGE_DELTA
+local GAUGE_DELTA_STAMP = binding.GAUGE_DELTA_STAMP
+local GAUGE_SHARED_STAMP = binding.GAUGE_SHARED_STAMP
 local CELL_ERRORS = binding.CELL_ERRORS
 local CELL_LOG_ERRORS = binding.CELL_LOG_ERRORS
 local STAMP_SLOTS = binding.STAMP_SLOTS
@@ -443,20 +448,20 @@ local function set_level(m, cells, cell, v)
     local seq = cells[CELL_GAUGE_SEQ] + 1
     cells[CELL_GAUGE_SEQ] = seq
     local stamp = seq * STAMP_SLOTS + m.slot
-    cells[cell] = v
-    cells[cell + 1] = stamp
+    cells[cell + GAUGE_SET_VALUE] = v
+    cells[cell + GAUGE_SET_STAMP] = stamp
     -- Publishing the stamp last makes this set the one readers use.
-    m.shared[cell] = stamp
+    m.shared[cell + GAUGE_SHARED_STAMP] = stamp
 end
 
 local function add_delta(m, cells, cell, v)
     -- Deltas count only since the last set (whose stamp is shared).
-    local stamp = m.shared[cell]
-    if cells[cell + 3] ~= stamp then
-        cells[cell + 2] = 0
-        cells[cell + 3] = stamp
+    local stamp = m.shared[cell + GAUGE_SHARED_STAMP]
+    if cells[cell + GAUGE_DELTA_STAMP] ~= stamp then
+        cells[cell + GAUGE_DELTA] = 0
+        cells[cell + GAUGE_DELTA_STAMP] = stamp
     end
-    cells[cell + 2] = cells[cell + 2] + v
+    cells[cell + GAUGE_DELTA] = cells[cell + GAUGE_DELTA] + v
 end
 
 local function observe(m, cells, cell, v)
