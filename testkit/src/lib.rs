@@ -1,0 +1,15 @@
+//! What shmetrics' tests (`tests/`) and fuzz targets (`fuzz/`) share, compiled
+//! once as a library:
+//!
+//! - [`expo`]: the one exposition reader (text 0.0.4 and OpenMetrics)
+//! - [`json`]: JSON through serde_json, in order, and the JSON view's shape
+//! - [`shm`]: region files of tests (unique names, a second mapping), `copy_tree`
+//!
+//! The nginx, HTTP and Prometheus harness stays in `tests/common/`: only the
+//! integration tests use it.
+
+pub mod expo;
+pub mod json;
+pub mod shm;
+
+pub use shm::XorShift;
