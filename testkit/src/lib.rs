@@ -3,6 +3,7 @@
 //!
 //! - [`expo`]: the one exposition reader (text 0.0.4 and OpenMetrics)
 //! - [`json`]: JSON through serde_json, in order, and the JSON view's shape
+//! - [`model`]: the reference model of a series' value, from recorded operations
 //! - [`shm`]: region files of tests (unique names, a second mapping), `copy_tree`
 //!
 //! The nginx, HTTP and Prometheus harness stays in `tests/common/`: only the
@@ -10,6 +11,7 @@
 
 pub mod expo;
 pub mod json;
+pub mod model;
 pub mod shm;
 
 pub use shm::XorShift;
