@@ -5,11 +5,13 @@
 //! - [`json`]: JSON through serde_json, in order, and the JSON view's shape
 //! - [`model`]: the reference model of a series' value, from recorded operations
 //! - [`shm`]: region files of tests (unique names, a second mapping), `copy_tree`
+//! - [`fuzz`]: the fuzz target bodies and their oracle
 //!
 //! The nginx, HTTP and Prometheus harness stays in `tests/common/`: only the
 //! integration tests use it.
 
 pub mod expo;
+pub mod fuzz;
 pub mod json;
 pub mod model;
 pub mod shm;
