@@ -20,11 +20,11 @@
 use std::path::Path;
 use std::ptr::{null, null_mut};
 
+use shmetrics::ffi::*;
+use shmetrics::layout::{Params, KIND_COUNTER};
 use testkit::fuzz::{self as fuzz_bodies, attach_target, render_target};
 use testkit::json::parse_json_view;
 use testkit::XorShift;
-use shmetrics::ffi::*;
-use shmetrics::layout::{Params, KIND_COUNTER};
 
 /// Minimized crashers of the `render` target: (what it found, input).
 const RENDER_CRASHERS: &[(&str, &[u8])] = &[(
@@ -254,8 +254,7 @@ fn json_view_valid_when_a_first_series_is_skipped() {
     });
     for hint in [1, 64, 1 << 20] {
         let body = render_with_hint(m.r, SHMETRICS_FORMAT_JSON, hint, 100_000).expect("ends");
-        let view =
-            parse_json_view(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
+        let view = parse_json_view(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
         let req = view.iter().find(|f| f.name == "req_total").expect("req_total is still shown");
         assert!(!req.series.is_empty() && req.series.iter().all(|(l, _)| l[0].1 != "GET"), "{req:?}");
     }

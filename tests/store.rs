@@ -2,7 +2,7 @@
 //! recreating region files, several processes writing one region (fork), the
 //! gauge stamp protocol, and the renderer.
 //!
-//! Every test maps its own region file `/dev/shm/shmetrics-ut-<test>-<pid>` and
+//! Every test maps its own region file `/dev/shm/shmetrics-<test>-<pid>` and
 //! removes it when done ([`Shm`]). The library keeps each mapping for the life of
 //! the process (Lua holds raw pointers into it), so a test that needs a "second
 //! open" of a file uses a copy at another path, or a forked child.
@@ -16,7 +16,7 @@
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,29 +28,12 @@ use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
 use shmetrics::render::Render;
 use shmetrics::store::{self, FamilyDef};
+use testkit::shm::Shm;
 
 // ---------------------------------------------------------------------------
 // Helpers
 
 /// A region file path of one test, removed (with any copies) when dropped.
-struct Shm {
-    path: PathBuf,
-}
-
-impl Shm {
-    fn new(test: &str) -> Shm {
-        let path = PathBuf::from(format!("/dev/shm/shmetrics-ut-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        Shm { path }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 fn params(max_series: u32, max_slots: u32) -> Params {
     Params { max_series, max_families: 16, max_slots, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 }
 }

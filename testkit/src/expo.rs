@@ -100,7 +100,10 @@ pub fn is_go_float(s: &str) -> bool {
     let exp_ok = match exp {
         Some(e) => {
             let d = &e[1.min(e.len())..];
-            (e.starts_with('+') || e.starts_with('-')) && digits(d) && d.len() >= 2 && (d.len() == 2 || !d.starts_with('0'))
+            (e.starts_with('+') || e.starts_with('-'))
+                && digits(d)
+                && d.len() >= 2
+                && (d.len() == 2 || !d.starts_with('0'))
         }
         None => true,
     };

@@ -22,6 +22,60 @@ pub enum Json {
     Obj(Vec<(String, Json)>),
 }
 
+impl Json {
+    /// Parses a whole document; see [`parse_json`].
+    pub fn parse(text: &str) -> Result<Json, String> {
+        parse_json(text.as_bytes())
+    }
+
+    /// A member of an object.
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A number's value (its text read as an `f64`).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Json::Num(n) => n.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Json]> {
+        match self {
+            Json::Arr(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_object(&self) -> Option<&[(String, Json)]> {
+        match self {
+            Json::Obj(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Every value in this tree (itself included), depth first.
+    pub fn walk<'a>(&'a self, out: &mut Vec<&'a Json>) {
+        out.push(self);
+        match self {
+            Json::Arr(a) => a.iter().for_each(|v| v.walk(out)),
+            Json::Obj(m) => m.iter().for_each(|(_, v)| v.walk(out)),
+            _ => {}
+        }
+    }
+}
+
 /// Entries of an object, in order, values still unparsed.
 struct Entries(Vec<(String, Box<RawValue>)>);
 

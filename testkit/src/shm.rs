@@ -82,6 +82,14 @@ impl FileMap {
         FileMap { base: p.cast(), len }
     }
 
+    /// The region header at the start of the file.
+    pub fn header(&self) -> &shmetrics::layout::Header {
+        assert!(self.len >= std::mem::size_of::<shmetrics::layout::Header>(), "{} bytes: no header", self.len);
+        // SAFETY: the mapping is page-aligned and at least a header long (asserted);
+        // the header's fields are plain integers and atomics, valid for any bytes.
+        unsafe { &*(self.base as *const shmetrics::layout::Header) }
+    }
+
     pub fn write_u32(&self, off: u64, v: u32) {
         assert!(off as usize + 4 <= self.len, "write_u32 at {off} of {} bytes", self.len);
         // SAFETY: in bounds (asserted), through our own mapping; unaligned store of plain bytes.

@@ -416,7 +416,6 @@ pub fn render(
     res.map(|()| body)
 }
 
-
 /// Slot `slot`'s cells, through the Rust API or the C ABI (which must agree).
 pub fn slot_cells(r: &'static Region, slot: u32, ffi: bool) -> *mut f64 {
     if !ffi {

@@ -27,7 +27,8 @@ pub fn kind_name(kind: u32) -> &'static str {
 /// Whether a definition is one the library may accept (`validate_def`): the
 /// names and bounds that keep the exposition well-formed.
 pub fn def_is_valid(d: &Def) -> bool {
-    let label_ok = |l: &Vec<u8>| l.len() <= MAX_NAME_BYTES && std::str::from_utf8(l).is_ok_and(|l| is_label_name(l, false));
+    let label_ok =
+        |l: &Vec<u8>| l.len() <= MAX_NAME_BYTES && std::str::from_utf8(l).is_ok_and(|l| is_label_name(l, false));
     let b = d.stored_bounds();
     matches!(d.kind, KIND_COUNTER | KIND_GAUGE | KIND_HISTOGRAM)
         && d.name.len() <= MAX_NAME_BYTES
