@@ -433,6 +433,7 @@ pub fn slot_cells(r: &'static Region, slot: u32, ffi: bool) -> *mut f64 {
 ///
 /// # Safety
 /// `cell .. cell + def.need()` must lie within every slot's cells.
+#[allow(clippy::too_many_arguments)] // the call as Lua makes it, plus which API
 pub unsafe fn lua_write(r: &'static Region, fam: u32, def: &Def, slot: u32, cell: u32, v: f64, how: u8, ffi: bool) {
     let cells = slot_cells(r, slot, ffi);
     let c = cell as usize;

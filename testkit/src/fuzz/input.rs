@@ -103,6 +103,7 @@ impl Hints {
         Hints(XorShift(seed as u64 | 1 << 40))
     }
 
+    #[allow(clippy::should_implement_trait)] // an endless generator, not an Iterator
     pub fn next(&mut self) -> usize {
         let x = self.0.next();
         match x % 8 {

@@ -337,7 +337,7 @@ pub fn check_corrupt_body(fmt: Fmt, body: &[u8]) -> Result<(), String> {
         return parse_json(body).map(|_| ());
     }
     let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
-    if !text.ends_with('\n') && !(text.is_empty() && fmt == Fmt::Text) {
+    if !(text.ends_with('\n') || text.is_empty() && fmt == Fmt::Text) {
         return Err("does not end with a newline".into());
     }
     if fmt == Fmt::OpenMetrics && !(text == "# EOF\n" || text.ends_with("\n# EOF\n")) {
