@@ -129,7 +129,7 @@ for target in $targets; do
     cargo fuzz run "${args[@]}" "$target" "$@" -timeout=30 -print_final_stats=1 >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -n 1)
     execs=${execs:-0}
-    cov=$(grep -E '^#[0-9]+' "$log" | grep -o 'cov: [0-9]* ft: [0-9]*' | tail -n 1)
+    cov=$(grep -E '^#[0-9]+' "$log" | grep -o 'cov: [0-9]* ft: [0-9]*' | tail -n 1) || true # none if it crashed at once
     status=ok
     if [ "$rc" -ne 0 ]; then
         status="FAILED (exit $rc)"

@@ -25,7 +25,8 @@ cargo clippy --release --workspace --all-targets -- -D warnings || lint_rc=1
 lint_line="fmt and clippy: $([ $lint_rc -eq 0 ] && echo ok || echo FAILED)"
 
 # --no-fail-fast: a failing binary does not hide the results of the others.
-cargo test --release --no-fail-fast 2>&1 | tee "$log"
+# --workspace: testkit's own unit tests (its JSON reader and reference model) too.
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
 echo "$lint_line" >> "$log"
 
