@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use shmetrics::region::{self, Opened, Region};
 use shmetrics::render::Render;
 use shmetrics::store::{self, FamilyDef};
 use testkit::shm::Shm;
+use testkit::writer::Cells;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -127,34 +128,18 @@ fn user_part(body: &str) -> &str {
     &body[..i]
 }
 
-/// Stores `v` into a cell of `slot` as one 8-byte word, as LuaJIT's FFI store does.
-fn store_cell(r: &Region, slot: u32, idx: u32, v: f64) {
-    assert!(idx < r.params.max_cells);
-    // SAFETY: `idx < max_cells` checked above; cells are 8-aligned in the mapping
-    // and AtomicU64 has the layout of f64.
-    let a = unsafe { &*(r.cells(slot).add(idx as usize) as *const AtomicU64) };
-    a.store(v.to_bits(), Ordering::Relaxed);
-}
-
-/// `gauge:set` of lua/resty/shmetrics.lua: a stamp from the slot's own sequence,
-/// the value and stamp in the slot, then the stamp published in shared slot 0.
+/// `gauge:set` of lua/resty/shmetrics.lua (testkit's copy of the writer).
 fn gauge_set(r: &Region, slot: u32, base: u32, v: f64) {
-    let seq = r.cell(slot, CELL_GAUGE_SEQ) + 1.0;
-    store_cell(r, slot, CELL_GAUGE_SEQ, seq);
-    let stamp = seq * STAMP_SLOTS as f64 + slot as f64;
-    store_cell(r, slot, base, v);
-    store_cell(r, slot, base + 1, stamp);
-    store_cell(r, SHARED_SLOT, base, stamp);
+    assert!(base + GAUGE_CELLS <= r.params.max_cells);
+    // SAFETY: the caller's own slot, a gauge's cells (in range: asserted).
+    unsafe { Cells::of(r, slot).gauge_set(base, v) };
 }
 
 /// `gauge:inc` of lua/resty/shmetrics.lua: deltas count only since the last set.
 fn gauge_inc(r: &Region, slot: u32, base: u32, v: f64) {
-    let stamp = r.cell(SHARED_SLOT, base);
-    if r.cell(slot, base + 3) != stamp {
-        store_cell(r, slot, base + 2, 0.0);
-        store_cell(r, slot, base + 3, stamp);
-    }
-    r.cell_add(slot, base + 2, v);
+    assert!(base + GAUGE_CELLS <= r.params.max_cells);
+    // SAFETY: as gauge_set.
+    unsafe { Cells::of(r, slot).gauge_inc(base, v) };
 }
 
 fn promtool_check(body: &str) {

@@ -5,6 +5,7 @@
 //! - [`json`]: JSON through serde_json, in order, and the JSON view's shape
 //! - [`model`]: the reference model of a series' value, from recorded operations
 //! - [`shm`]: region files of tests (unique names, a second mapping), `copy_tree`
+//! - [`writer`]: the cell writes of Lua's hot path (counter add, gauge set and inc)
 //! - [`fuzz`]: the fuzz target bodies and their oracle
 //!
 //! The nginx, HTTP and Prometheus harness stays in `tests/common/`: only the
@@ -15,5 +16,6 @@ pub mod fuzz;
 pub mod json;
 pub mod model;
 pub mod shm;
+pub mod writer;
 
 pub use shm::XorShift;

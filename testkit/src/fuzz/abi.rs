@@ -15,6 +15,7 @@ use shmetrics::render::{Filter, Render};
 use shmetrics::store::{self, FamilyDef};
 
 use super::input::Hints;
+use crate::writer::Cells;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -436,25 +437,12 @@ pub fn slot_cells(r: &'static Region, slot: u32, ffi: bool) -> *mut f64 {
 #[allow(clippy::too_many_arguments)] // the call as Lua makes it, plus which API
 pub unsafe fn lua_write(r: &'static Region, fam: u32, def: &Def, slot: u32, cell: u32, v: f64, how: u8, ffi: bool) {
     let cells = slot_cells(r, slot, ffi);
-    let c = cell as usize;
+    // SAFETY: this harness is the slot's one writer; the cell range is the caller's.
+    let lua = Cells::new(cells, slot_cells(r, SHARED_SLOT, ffi), slot);
     match def.kind {
-        KIND_COUNTER => *cells.add(c) += v,
-        KIND_GAUGE if how & 1 == 0 => {
-            let seq = *cells.add(CELL_GAUGE_SEQ as usize) + 1.0;
-            *cells.add(CELL_GAUGE_SEQ as usize) = seq;
-            let stamp = seq * STAMP_SLOTS as f64 + slot as f64;
-            *cells.add(c) = v;
-            *cells.add(c + 1) = stamp;
-            *slot_cells(r, SHARED_SLOT, ffi).add(c) = stamp;
-        }
-        KIND_GAUGE => {
-            let stamp = *slot_cells(r, SHARED_SLOT, ffi).add(c);
-            if *cells.add(c + 3) != stamp {
-                *cells.add(c + 2) = 0.0;
-                *cells.add(c + 3) = stamp;
-            }
-            *cells.add(c + 2) += v;
-        }
+        KIND_COUNTER => lua.counter_add(cell, v),
+        KIND_GAUGE if how & 1 == 0 => lua.gauge_set(cell, v),
+        KIND_GAUGE => lua.gauge_inc(cell, v),
         _ => {
             let nb = def.stored_bounds().len();
             if ffi {
