@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target in fuzz/ and says how many inputs each one ran.
-# The targets: fuzz/fuzz_targets/*.rs; their bodies and checks: fuzz/src/lib.rs
+# The targets: fuzz/fuzz_targets/*.rs; their bodies and checks: testkit/src/fuzz/
 # (also run by `cargo test` as tests/fuzz_regressions.rs).
 #
 #   scripts/fuzz.sh [seconds]   explore: each target for that long (default
@@ -98,7 +98,7 @@ clean_shm() {
     for f in /dev/shm/shmetrics-fuzz-*; do
         [ -e "$f" ] || continue
         pid=$(basename "$f" | sed -n 's/^shmetrics-fuzz-[a-z]*-\([0-9]*\)-.*/\1/p')
-        # The pid is zero-padded (fuzz/src/lib.rs, fresh_path).
+        # The pid is zero-padded (testkit/src/fuzz/abi.rs, fresh_path).
         if [ -n "$pid" ] && ! kill -0 "$((10#$pid))" 2>/dev/null; then rm -rf "$f"; fi
     done
 }
@@ -129,7 +129,7 @@ for target in $targets; do
     cargo fuzz run "${args[@]}" "$target" "$@" -timeout=30 -print_final_stats=1 >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -n 1)
     execs=${execs:-0}
-    cov=$(grep -E '^#[0-9]+' "$log" | grep -o 'cov: [0-9]* ft: [0-9]*' | tail -n 1)
+    cov=$(grep -E '^#[0-9]+' "$log" | grep -o 'cov: [0-9]* ft: [0-9]*' | tail -n 1) || true # none if it crashed at once
     status=ok
     if [ "$rc" -ne 0 ]; then
         status="FAILED (exit $rc)"

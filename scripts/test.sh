@@ -12,19 +12,21 @@ trap 'rm -f "$log"' EXIT
 start=$(date +%s)
 # Style and lints first (seconds): rustfmt.toml's format, clippy with every
 # warning an error. They do not stop the tests; the summary reports them.
-echo "== cargo fmt --check; cargo clippy --release --all-targets -- -D warnings"
+echo "== cargo fmt --all --check; cargo clippy --release --workspace --all-targets -- -D warnings"
 lint_rc=0
-cargo fmt --check >"$log.fmt" 2>&1 && (cd fuzz && cargo fmt --check) >>"$log.fmt" 2>&1 || lint_rc=1
+# --all/--workspace: the library and testkit/ (the shared test kit); fuzz/ is its own workspace.
+cargo fmt --all --check >"$log.fmt" 2>&1 && (cd fuzz && cargo fmt --check) >>"$log.fmt" 2>&1 || lint_rc=1
 if [ -s "$log.fmt" ]; then
     echo "cargo fmt --check: these files are not formatted (run cargo fmt, and in fuzz/):"
     grep '^Diff in' "$log.fmt" | sed 's/ at line.*//' | sort -u | head -20
 fi
 rm -f "$log.fmt"
-cargo clippy --release --all-targets -- -D warnings || lint_rc=1
+cargo clippy --release --workspace --all-targets -- -D warnings || lint_rc=1
 lint_line="fmt and clippy: $([ $lint_rc -eq 0 ] && echo ok || echo FAILED)"
 
 # --no-fail-fast: a failing binary does not hide the results of the others.
-cargo test --release --no-fail-fast 2>&1 | tee "$log"
+# --workspace: testkit's own unit tests (its JSON reader and reference model) too.
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
 echo "$lint_line" >> "$log"
 

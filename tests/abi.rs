@@ -2,41 +2,19 @@
 //! called directly as LuaJIT calls them (pointers, lengths, return codes, and
 //! `shmetrics_last_error` for the message).
 //!
-//! Each test uses its own region file `/dev/shm/shmetrics-ut-<test>-<pid>`,
+//! Each test uses its own region file `/dev/shm/shmetrics-<test>-<pid>`,
 //! removed at the end ([`Shm`]).
 
 use std::ffi::{c_char, CStr};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::ptr::{null, null_mut};
 
 use shmetrics::ffi::*;
 use shmetrics::layout::{KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM, REASONS};
+use testkit::shm::Shm;
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-struct Shm {
-    path: PathBuf,
-}
-
-impl Shm {
-    fn new(test: &str) -> Shm {
-        let path = PathBuf::from(format!("/dev/shm/shmetrics-ut-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        Shm { path }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.path.as_os_str().as_encoded_bytes()
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 type R = *const shmetrics_region;
 

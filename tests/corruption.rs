@@ -8,8 +8,6 @@
 //! process, and counts each corrupt record once per process: so each test has
 //! its own file and its exact counts start from zero.
 
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use shmetrics::cells;
@@ -19,43 +17,27 @@ use shmetrics::layout::*;
 use shmetrics::region::{self, Region};
 use shmetrics::registry::FamilyDef;
 use shmetrics::scrape::Render;
+use testkit::shm::{FileMap, Shm};
 
 /// A region file of one test and a second, writable mapping of it.
 struct Sabotage {
-    path: PathBuf,
+    shm: Shm,
     r: &'static Region,
-    base: *mut u8,
-    len: usize,
+    map: FileMap,
 }
 
 impl Sabotage {
     fn new(test: &str) -> Sabotage {
-        let path = PathBuf::from(format!("/dev/shm/shmetrics-ct-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let shm = Shm::new(&format!("ct-{test}"));
         let p =
             Params { max_series: 64, max_families: 8, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
-        let (r, _) = region::open(&path, p, false).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        let len = file.metadata().unwrap().len() as usize;
-        // SAFETY: a shared mapping of a file we opened read-write, `len` bytes long.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        Sabotage { path, r, base: base.cast(), len }
+        let (r, _) = region::open(&shm.path, p, false).unwrap_or_else(|e| panic!("open {}: {e}", shm.path.display()));
+        let map = FileMap::open(&shm.path);
+        Sabotage { shm, r, map }
     }
 
     fn put_u32(&self, off: u64, v: u32) {
-        assert!(off as usize + 4 <= self.len);
-        // SAFETY: in bounds (asserted), through our own mapping.
-        unsafe { std::ptr::write_unaligned(self.base.add(off as usize) as *mut u32, v) };
+        self.map.write_u32(off, v);
     }
 
     fn family_field(&self, fam: u32, field: u64, v: u32) {
@@ -85,17 +67,9 @@ impl Sabotage {
     fn assert_corrupt_error(&self, e: &Error, detail: &str) {
         assert!(matches!(e, Error::Internal(_)), "{e:?}");
         let m = e.message();
-        assert!(m.starts_with(&format!("the region file \"{}\" is corrupt: ", self.path.display())), "{m}");
+        assert!(m.starts_with(&format!("the region file \"{}\" is corrupt: ", self.shm.path.display())), "{m}");
         assert!(m.contains(detail), "{m}");
         assert!(m.ends_with("remove the file or set reset = true, then restart nginx"), "{m}");
-    }
-}
-
-impl Drop for Sabotage {
-    fn drop(&mut self) {
-        // SAFETY: our own second mapping, no longer used.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -149,7 +123,7 @@ fn a_live_series_cell_field_past_the_slot_is_skipped_and_counted() {
     s.assert_corrupt_error(&e, &format!("series record 0: cells {}..", s.r.params.max_cells - 1));
     assert_eq!(s.corrupt_total("series"), 1.0, "counted once per record and process");
     let notice = s.r.take_notice().expect("a notice to log");
-    assert!(notice.contains(&s.path.display().to_string()), "{notice}");
+    assert!(notice.contains(&s.shm.path.display().to_string()), "{notice}");
     // Into the reserved cells: refused too.
     s.series_field(0, S_CELL, CELL_ERRORS);
     s.assert_corrupt_error(&s.r.series_cell(h, &[b"/a"]).unwrap_err(), "series record 0");

@@ -2,7 +2,6 @@
 //! a changed definition replaces the stored one, a new configuration hides the
 //! families it does not define, and a second live master is refused.
 
-use std::path::PathBuf;
 use std::process::{Child, Command};
 
 use shmetrics::expo::Format;
@@ -11,22 +10,7 @@ use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
 use shmetrics::registry::FamilyDef;
 use shmetrics::scrape::Render;
-
-struct Shm(PathBuf);
-
-impl Shm {
-    fn new(test: &str) -> Shm {
-        let path = PathBuf::from(format!("/dev/shm/shmetrics-def-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        Shm(path)
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+use testkit::shm::Shm;
 
 fn params() -> Params {
     Params { max_series: 64, max_families: 16, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 }
@@ -58,8 +42,8 @@ fn user_part(r: &'static Region) -> String {
 
 #[test]
 fn a_changed_definition_replaces_the_stored_one() {
-    let shm = Shm::new("replace");
-    let (r, _) = region::open(&shm.0, params(), false).unwrap();
+    let shm = Shm::new("def-replace");
+    let (r, _) = region::open(&shm.path, params(), false).unwrap();
     let room: &[&[u8]] = &[b"room"];
     let room_floor: &[&[u8]] = &[b"room", b"floor"];
     let old = r.define_family(&def(KIND_GAUGE, "temp", "T", room, &[])).unwrap();
@@ -104,8 +88,8 @@ fn a_changed_definition_replaces_the_stored_one() {
 
 #[test]
 fn a_new_configuration_shows_only_what_it_defines() {
-    let shm = Shm::new("config");
-    let (r, _) = region::open(&shm.0, params(), false).unwrap();
+    let shm = Shm::new("def-config");
+    let (r, _) = region::open(&shm.path, params(), false).unwrap();
     r.begin_configuration();
     let k: &[&[u8]] = &[b"k"];
     let a = r.define_family(&def(KIND_COUNTER, "a_total", "A", k, &[])).unwrap();
@@ -158,41 +142,42 @@ impl Drop for Sleeper {
 
 #[test]
 fn a_region_belongs_to_one_live_master() {
-    let src = Shm::new("owner-src");
-    let (r, how) = region::open(&src.0, params(), false).unwrap();
+    let src = Shm::new("def-owner-src");
+    let (r, how) = region::open(&src.path, params(), false).unwrap();
     assert_eq!(how, Opened::Created);
     assert_eq!(r.header().master.load(std::sync::atomic::Ordering::Relaxed), owner_word(std::process::id()));
 
     // A copy whose recorded master is another live process (not our parent).
     let other = Sleeper(Command::new("sleep").arg("30").spawn().unwrap());
-    let dst = Shm::new("owner-dst");
-    std::fs::copy(&src.0, &dst.0).unwrap();
-    write_master(&dst.0, owner_word(other.0.id()));
+    let dst = Shm::new("def-owner-dst");
+    std::fs::copy(&src.path, &dst.path).unwrap();
+    write_master(&dst.path, owner_word(other.0.id()));
     for reset in [false, true] {
-        let e = region::open(&dst.0, params(), reset).err().expect("a live master's region is refused");
+        let e = region::open(&dst.path, params(), reset).err().expect("a live master's region is refused");
         assert_eq!(e.code(), ffi::SHMETRICS_E_IO);
-        let want = format!("\"{}\" is in use by another running nginx (master pid {})", dst.0.display(), other.0.id());
+        let want =
+            format!("\"{}\" is in use by another running nginx (master pid {})", dst.path.display(), other.0.id());
         assert!(e.message().starts_with(&want), "{}", e.message());
         assert!(e.message().contains("\"path\" option"), "{}", e.message());
     }
     // The same process, recorded with another start time (a reused pid), is dead.
-    write_master(&dst.0, owner_word(other.0.id()) ^ (1 << 32));
-    let (_, how) = region::open(&dst.0, params(), false).unwrap();
+    write_master(&dst.path, owner_word(other.0.id()) ^ (1 << 32));
+    let (_, how) = region::open(&dst.path, params(), false).unwrap();
     assert_eq!(how, Opened::Attached);
 
     // Our parent (a binary upgrade: the new master is the old one's child) shares.
-    let up = Shm::new("owner-upgrade");
-    std::fs::copy(&src.0, &up.0).unwrap();
-    write_master(&up.0, owner_word(std::os::unix::process::parent_id()));
-    let (r2, how) = region::open(&up.0, params(), false).unwrap();
+    let up = Shm::new("def-owner-upgrade");
+    std::fs::copy(&src.path, &up.path).unwrap();
+    write_master(&up.path, owner_word(std::os::unix::process::parent_id()));
+    let (r2, how) = region::open(&up.path, params(), false).unwrap();
     assert_eq!(how, Opened::Attached);
     assert_eq!(r2.header().master.load(std::sync::atomic::Ordering::Relaxed), owner_word(std::process::id()));
 
     // Once the other master is gone, the region is free to take.
-    let gone = Shm::new("owner-gone");
-    std::fs::copy(&src.0, &gone.0).unwrap();
-    write_master(&gone.0, owner_word(other.0.id()));
+    let gone = Shm::new("def-owner-gone");
+    std::fs::copy(&src.path, &gone.path).unwrap();
+    write_master(&gone.path, owner_word(other.0.id()));
     drop(other);
-    let (_, how) = region::open(&gone.0, params(), false).unwrap();
+    let (_, how) = region::open(&gone.path, params(), false).unwrap();
     assert_eq!(how, Opened::Attached);
 }

@@ -8,20 +8,23 @@
 //! - a few thousand deterministic pseudo-random inputs per target
 //!   (`SHMETRICS_FUZZ_ITERS` changes how many).
 //!
-//! The bodies are `fuzz/src/lib.rs`, included here as a module: the same checks
-//! as under `make fuzz` (see `scripts/fuzz.sh`). A failure prints the input; save
-//! it to a file and replay it in `fuzz/` with
+//! The bodies are `testkit::fuzz` (testkit/src/fuzz/), what `fuzz/fuzz_targets/`
+//! run too: the same checks as under `make fuzz` (see `scripts/fuzz.sh`). A failure
+//! prints the input; save it to a file and replay it in `fuzz/` with
 //! `cargo fuzz run --sanitizer none <target> <file>`.
-
-#[path = "../fuzz/src/lib.rs"]
-mod fuzz_bodies;
+//!
+//! The input is read through `arbitrary::Unstructured` with the byte meaning the
+//! harness had before it did (`testkit/src/fuzz/input.rs`): the crashers below are
+//! the bytes the fuzzers found, and still decode to the same cases.
 
 use std::path::Path;
 use std::ptr::{null, null_mut};
 
-use fuzz_bodies::{attach_target, render_target, XorShift};
 use shmetrics::ffi::*;
 use shmetrics::layout::{Params, KIND_COUNTER};
+use testkit::fuzz::{self as fuzz_bodies, attach_target, render_target};
+use testkit::json::parse_json_view;
+use testkit::XorShift;
 
 /// Minimized crashers of the `render` target: (what it found, input).
 const RENDER_CRASHERS: &[(&str, &[u8])] = &[(
@@ -210,7 +213,7 @@ fn render_with_hint(r: *const shmetrics_region, format: u32, hint: usize, max_ca
 fn json_view_ends_with_tiny_chunk_hints() {
     let (r, _m) = small_region("json-tiny-hints");
     let whole = render_with_hint(r, SHMETRICS_FORMAT_JSON, 1 << 20, 10).expect("one big chunk");
-    fuzz_bodies::parse_json_view(&whole).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&whole)));
+    parse_json_view(&whole).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&whole)));
     for hint in [1, 2, 12, 13, 14, 50] {
         let body = render_with_hint(r, SHMETRICS_FORMAT_JSON, hint, 10_000)
             .unwrap_or_else(|| panic!("the JSON view did not end with chunk hints of {hint} bytes"));
@@ -251,8 +254,7 @@ fn json_view_valid_when_a_first_series_is_skipped() {
     });
     for hint in [1, 64, 1 << 20] {
         let body = render_with_hint(m.r, SHMETRICS_FORMAT_JSON, hint, 100_000).expect("ends");
-        let view =
-            fuzz_bodies::parse_json_view(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
+        let view = parse_json_view(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
         let req = view.iter().find(|f| f.name == "req_total").expect("req_total is still shown");
         assert!(!req.series.is_empty() && req.series.iter().all(|(l, _)| l[0].1 != "GET"), "{req:?}");
     }

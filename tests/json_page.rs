@@ -1,30 +1,20 @@
 //! The JSON view's paging (`shmetrics_render_page`, used by the status page): per
 //! family a bounded window of series, a label-value filter, and the count.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
 use shmetrics::registry::FamilyDef;
 use shmetrics::scrape::{Filter, Render};
-
-struct Shm(PathBuf);
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+use testkit::shm::Shm;
 
 fn region(test: &str) -> (&'static Region, Shm) {
-    let path = PathBuf::from(format!("/dev/shm/shmetrics-ut-page-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let shm = Shm::new(&format!("ut-page-{test}"));
     let p =
         Params { max_series: 1000, max_families: 8, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
-    let (r, how) = region::open(&path, p, false).unwrap();
+    let (r, how) = region::open(&shm.path, p, false).unwrap();
     assert_eq!(how, Opened::Created);
-    (r, Shm(path))
+    (r, shm)
 }
 
 fn define(r: &Region, kind: u32, name: &str, labels: &[&str], bounds: &[f64]) -> u32 {

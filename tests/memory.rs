@@ -20,12 +20,12 @@
 //! Run with `--nocapture` to see the table (`scripts/bench.sh memory` puts it in
 //! BENCHMARKS.md). If a figure shrinks, update the pin to the new value.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use shmetrics::layout::*;
 use shmetrics::region::{self, Region};
 use shmetrics::registry::FamilyDef;
+use testkit::shm::Shm;
 
 /// Series created per kind to measure the arena and cells they take.
 const N: u32 = 1000;
@@ -61,19 +61,9 @@ const PIN_DEFAULT_INIT_RESERVED: u64 = 4_798_720;
 /// What each worker process reserves more when it claims its slot (default sizes).
 const PIN_DEFAULT_SLOT_BYTES: u64 = 1_280_256;
 
-struct Shm(PathBuf);
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn fresh_region(tag: &str, p: Params) -> (Shm, &'static Region) {
-    let path = PathBuf::from(format!("/dev/shm/shmetrics-memtest-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let shm = Shm(path);
-    let (r, _) = region::open(&shm.0, p, true).unwrap_or_else(|e| panic!("open {}: {e}", shm.0.display()));
+    let shm = Shm::new(&format!("memtest-{tag}"));
+    let (r, _) = region::open(&shm.path, p, true).unwrap_or_else(|e| panic!("open {}: {e}", shm.path.display()));
     (shm, r)
 }
 

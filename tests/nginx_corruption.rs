@@ -17,12 +17,13 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use common::nginx::alive;
 use common::*;
 use shmetrics::layout::*;
+use testkit::shm::FileMap;
+use testkit::XorShift;
 
 /// Random writes in all, in rounds of `WRITES_PER_ROUND`, one scrape per round.
 const WRITES: usize = 20_000;
@@ -90,81 +91,9 @@ http {
 }
 "#;
 
-/// A deterministic xorshift generator: the same writes on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// The region file mapped into this process (read-write, shared with nginx).
-struct Mapping {
-    base: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn open(path: &std::path::Path) -> Mapping {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let len = file.metadata().unwrap().len() as usize;
-        // SAFETY: mapping a file we opened read-write, `len` bytes (its size).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap {}", path.display());
-        Mapping { base: p.cast(), len }
-    }
-
-    fn header(&self) -> &Header {
-        // SAFETY: the mapping is a region file: a page-aligned Header first.
-        unsafe { &*(self.base as *const Header) }
-    }
-
-    fn write_u64(&self, off: u64, v: u64) {
-        assert!(off as usize + 8 <= self.len);
-        // SAFETY: in bounds (asserted); an unaligned volatile store of plain bytes.
-        unsafe { std::ptr::write_unaligned(self.base.add(off as usize) as *mut u64, v) };
-    }
-
-    fn write_u32(&self, off: u64, v: u32) {
-        assert!(off as usize + 4 <= self.len);
-        // SAFETY: as write_u64.
-        unsafe { std::ptr::write_unaligned(self.base.add(off as usize) as *mut u32, v) };
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, no longer used.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
-}
-
 /// A random word: often a small or boundary value, which passes more checks
 /// than noise does and so goes further into the code.
-fn word(rng: &mut Rng, max_cells: u32) -> u64 {
+fn word(rng: &mut XorShift, max_cells: u32) -> u64 {
     match rng.below(8) {
         0 => rng.next(),
         1 => rng.below(64),
@@ -203,15 +132,15 @@ fn random_writes_over_the_metadata_never_take_nginx_down() {
     let (body, _) = scrape(nginx.metrics_port);
     assert!(body.contains("sab_requests_total{"), "warm-up recorded nothing:\n{body}");
 
-    let map = Mapping::open(&nginx.shm_path);
+    let map = FileMap::open(&nginx.shm_path);
     let max_cells = map.header().max_cells;
-    let cell_field = |rng: &mut Rng| -> u64 {
+    let cell_field = |rng: &mut XorShift| -> u64 {
         let h = map.header();
         let used = h.series_used.load(std::sync::atomic::Ordering::Relaxed).min(h.max_series) as u64;
         h.off_series + rng.below(used.max(1)) * 24 + 16
     };
     let load = Load::spawn(nginx.port, |i| format!("/hit?i={}", 3_000 + i), REQUESTS, CONCURRENCY);
-    let mut rng = Rng(0x5eed_c0ff_ee15_900d);
+    let mut rng = XorShift(0x5eed_c0ff_ee15_900d);
     let (mut writes, mut cell_writes, mut scrapes, mut refused) = (0usize, 0usize, 0usize, 0usize);
     let mut bodies = Vec::new();
     let mut by_target = std::collections::BTreeMap::new();

@@ -1,7 +1,7 @@
 //! The exposition formats as a scraper sees them through nginx
 //! (nginx-test-conf/prometheus.conf): Accept negotiation between OpenMetrics 1.0.0
 //! and text 0.0.4, each body checked by a strict parser of its own format (Python
-//! `prometheus_client`'s OpenMetrics parser; promtool and tests/common/expo.rs for
+//! `prometheus_client`'s OpenMetrics parser; promtool and testkit/src/expo.rs for
 //! 0.0.4) and against the other format; HELP and label escaping; gzip; the
 //! `?name[]=` family filter; the JSON view.
 

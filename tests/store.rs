@@ -2,7 +2,7 @@
 //! recreating region files, several processes writing one region (fork), the
 //! gauge stamp protocol, and the renderer.
 //!
-//! Every test maps its own region file `/dev/shm/shmetrics-ut-<test>-<pid>` and
+//! Every test maps its own region file `/dev/shm/shmetrics-<test>-<pid>` and
 //! removes it when done ([`Shm`]). The library keeps each mapping for the life of
 //! the process (Lua holds raw pointers into it), so a test that needs a "second
 //! open" of a file uses a copy at another path, or a forked child.
@@ -16,9 +16,9 @@
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,29 +30,13 @@ use shmetrics::layout::*;
 use shmetrics::region::{self, Opened, Region};
 use shmetrics::registry::FamilyDef;
 use shmetrics::scrape::Render;
+use testkit::shm::Shm;
+use testkit::writer::Cells;
 
 // ---------------------------------------------------------------------------
 // Helpers
 
 /// A region file path of one test, removed (with any copies) when dropped.
-struct Shm {
-    path: PathBuf,
-}
-
-impl Shm {
-    fn new(test: &str) -> Shm {
-        let path = PathBuf::from(format!("/dev/shm/shmetrics-ut-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        Shm { path }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 fn params(max_series: u32, max_slots: u32) -> Params {
     Params { max_series, max_families: 16, max_slots, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 }
 }
@@ -146,34 +130,18 @@ fn user_part(body: &str) -> &str {
     &body[..i]
 }
 
-/// Stores `v` into a cell of `slot` as one 8-byte word, as LuaJIT's FFI store does.
-fn store_cell(r: &Region, slot: u32, idx: u32, v: f64) {
-    assert!(idx < r.params.max_cells);
-    // SAFETY: `idx < max_cells` checked above; cells are 8-aligned in the mapping
-    // and AtomicU64 has the layout of f64.
-    let a = unsafe { &*(r.cells(slot).add(idx as usize) as *const AtomicU64) };
-    a.store(v.to_bits(), Ordering::Relaxed);
-}
-
-/// `gauge:set` of lua/resty/shmetrics/metrics.lua: a stamp from the slot's own sequence,
-/// the value and stamp in the slot, then the stamp published in shared slot 0.
+/// `gauge:set` of lua/resty/shmetrics.lua (testkit's copy of the writer).
 fn gauge_set(r: &Region, slot: u32, base: u32, v: f64) {
-    let seq = r.cell(slot, CELL_GAUGE_SEQ) + 1.0;
-    store_cell(r, slot, CELL_GAUGE_SEQ, seq);
-    let stamp = seq * STAMP_SLOTS as f64 + slot as f64;
-    store_cell(r, slot, base, v);
-    store_cell(r, slot, base + 1, stamp);
-    store_cell(r, SHARED_SLOT, base, stamp);
+    assert!(base + GAUGE_CELLS <= r.params.max_cells);
+    // SAFETY: the caller's own slot, a gauge's cells (in range: asserted).
+    unsafe { Cells::of(r, slot).gauge_set(base, v) };
 }
 
 /// `gauge:inc` of lua/resty/shmetrics/metrics.lua: deltas count only since the last set.
 fn gauge_inc(r: &Region, slot: u32, base: u32, v: f64) {
-    let stamp = r.cell(SHARED_SLOT, base);
-    if r.cell(slot, base + 3) != stamp {
-        store_cell(r, slot, base + 2, 0.0);
-        store_cell(r, slot, base + 3, stamp);
-    }
-    cells::add(r, slot, base + 2, v);
+    assert!(base + GAUGE_CELLS <= r.params.max_cells);
+    // SAFETY: as gauge_set.
+    unsafe { Cells::of(r, slot).gauge_inc(base, v) };
 }
 
 fn promtool_check(body: &str) {

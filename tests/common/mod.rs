@@ -4,12 +4,12 @@
 //! - `nginx`: render a template into a temp prefix, start/reload/kill/stop nginx
 //! - `http`: a small HTTP/1.1 client and the load generator
 //! - `scrape`: a back-to-back `/metrics` scrape loop checking every body
-//! - `expo`: a strict 0.0.4 exposition parser and the invariants on it
+//! - `expo`: the exposition reader, from testkit (`testkit::expo`)
 //! - `promtool`: `promtool check metrics`, batched
 //! - `prometheus`: a real Prometheus server, its query API, PromQL reference arithmetic
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
-pub mod expo;
+pub use testkit::expo;
 pub mod gateway;
 pub mod http;
 pub mod nginx;

@@ -139,21 +139,6 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl 
     }
 }
 
-/// Copies `from` (a directory tree) to `to`.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
 /// Makes the server `cmd` starts get SIGTERM if the test process dies (killed by
 /// a CI timeout, say). PDEATHSIG follows the spawning thread: start and stop a
 /// server on one thread, as every #[test] does.
@@ -264,7 +249,7 @@ impl Nginx {
         // (CI clones into mktemp -d).
         fs::copy(&lib_src, prefix.join("lib").join(LIB_NAME))
             .unwrap_or_else(|e| panic!("copy {}: {e}", lib_src.display()));
-        copy_tree(&lua_dir(), &prefix.join("lua")).unwrap_or_else(|e| panic!("copy lua/: {e}"));
+        testkit::shm::copy_tree(&lua_dir(), &prefix.join("lua")).unwrap_or_else(|e| panic!("copy lua/: {e}"));
         let conf = prefix.join("conf").join("nginx.conf");
         fs::write(&conf, &rendered).unwrap();
         remove_shm(&shm_path);

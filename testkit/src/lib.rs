@@ -1,0 +1,21 @@
+//! What shmetrics' tests (`tests/`) and fuzz targets (`fuzz/`) share, compiled
+//! once as a library:
+//!
+//! - [`expo`]: the one exposition reader (text 0.0.4 and OpenMetrics)
+//! - [`json`]: JSON through serde_json, in order, and the JSON view's shape
+//! - [`model`]: the reference model of a series' value, from recorded operations
+//! - [`shm`]: region files of tests (unique names, a second mapping), `copy_tree`
+//! - [`writer`]: the cell writes of Lua's hot path (counter add, gauge set and inc)
+//! - [`fuzz`]: the fuzz target bodies and their oracle
+//!
+//! The nginx, HTTP and Prometheus harness stays in `tests/common/`: only the
+//! integration tests use it.
+
+pub mod expo;
+pub mod fuzz;
+pub mod json;
+pub mod model;
+pub mod shm;
+pub mod writer;
+
+pub use shm::XorShift;
