@@ -159,3 +159,56 @@ pub unsafe fn observe(cells: *mut f64, base: u32, bounds: &[f64], v: f64) {
     add(i, 1.0);
     add(bounds.len() + 1, v);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region() -> &'static Region {
+        let p =
+            Params { max_series: 16, max_families: 4, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
+        Region::heap(p)
+    }
+
+    #[test]
+    fn a_gauge_is_the_last_set_plus_the_deltas_since() {
+        let r = region();
+        let base = RESERVED_CELLS;
+        let slots = [1, 2, 3];
+        // SAFETY: a private heap region; slots 1..=3 < max_slots and the
+        // gauge's cells base..base + 4 < max_cells; each slot written by this
+        // thread alone.
+        unsafe {
+            assert_eq!(gauge_value(r, &slots, base), 0.0);
+            gauge_add(r, 2, base, 5.0);
+            assert_eq!(gauge_value(r, &slots, base), 5.0, "deltas before any set count");
+            gauge_set(r, 1, base, 10.0);
+            assert_eq!(gauge_value(r, &slots, base), 10.0, "a set drops the deltas made before it");
+            gauge_add(r, 2, base, 2.5);
+            gauge_add(r, 3, base, -1.0);
+            assert_eq!(gauge_value(r, &slots, base), 11.5);
+            gauge_set(r, 3, base, 1.0);
+            gauge_add(r, 1, base, 4.0);
+            assert_eq!(gauge_value(r, &slots, base), 5.0, "the newest set, from another slot");
+        }
+    }
+
+    #[test]
+    fn observe_counts_one_bucket_and_the_sum() {
+        let r = region();
+        let base = RESERVED_CELLS;
+        let bounds = [0.1, 1.0];
+        // SAFETY: as above; the histogram's cells base..base + 4 are in range.
+        unsafe {
+            for v in [0.05, 0.1, 0.5, 2.0, f64::NAN] {
+                observe(r.cells(1), base, &bounds, v);
+            }
+            let cells: Vec<f64> = (0..4).map(|i| sum(r, &[1, 2], base + i)).collect();
+            assert_eq!(&cells[..3], &[2.0, 1.0, 2.0], "le 0.1 (inclusive), le 1, +Inf (NaN included)");
+            assert!(cells[3].is_nan(), "the sum of a NaN observation");
+        }
+        add(r, 2, base, 3.0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { sum(r, &[1, 2], base) }, 5.0);
+    }
+}
