@@ -31,7 +31,6 @@ use shmetrics::region::{self, Opened, Region};
 use shmetrics::registry::FamilyDef;
 use shmetrics::scrape::Render;
 use testkit::shm::Shm;
-use testkit::writer::Cells;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -130,18 +129,18 @@ fn user_part(body: &str) -> &str {
     &body[..i]
 }
 
-/// `gauge:set` of lua/resty/shmetrics.lua (testkit's copy of the writer).
+/// `gauge:set` of lua/resty/shmetrics/metrics.lua, by the library's rule (`cells::gauge_set`).
 fn gauge_set(r: &Region, slot: u32, base: u32, v: f64) {
     assert!(base + GAUGE_CELLS <= r.params.max_cells);
     // SAFETY: the caller's own slot, a gauge's cells (in range: asserted).
-    unsafe { Cells::of(r, slot).gauge_set(base, v) };
+    unsafe { cells::gauge_set(r, slot, base, v) };
 }
 
 /// `gauge:inc` of lua/resty/shmetrics/metrics.lua: deltas count only since the last set.
 fn gauge_inc(r: &Region, slot: u32, base: u32, v: f64) {
     assert!(base + GAUGE_CELLS <= r.params.max_cells);
     // SAFETY: as gauge_set.
-    unsafe { Cells::of(r, slot).gauge_inc(base, v) };
+    unsafe { cells::gauge_add(r, slot, base, v) };
 }
 
 fn promtool_check(body: &str) {

@@ -3,7 +3,7 @@
 --
 -- The public entry point: init() and the registry it returns (metric
 -- definitions, metric_data, collect, log_error, status). The layers below it,
--- each requiring only those under it (docs/architecture-lua.md):
+-- each requiring only those under it (docs/architecture.md):
 --   resty.shmetrics.serve     scrape filter, formats, the render loops
 --   resty.shmetrics.metrics   metric objects and the hot-path updaters
 --   resty.shmetrics.binding   ffi.cdef, constants, library loading, error text

@@ -1,7 +1,9 @@
-//! The cell writes of `lua/resty/shmetrics.lua`'s hot path, in Rust: how the tests
-//! and the fuzz targets write as a worker does. The one Rust copy of the writer's
-//! side of the cell protocol (`docs/layout.md` §5); `tests/header.rs` and
-//! `tests/abi.rs` check that Lua's constants are the library's. (A histogram's
+//! The cell writes of Lua's hot path (`lua/resty/shmetrics/metrics.lua`), in Rust,
+//! through raw cell pointers as Lua holds them: how the fuzz targets write as a
+//! worker does. The offsets are the layout's (`GAUGE_*`); the rule is
+//! `shmetrics::cells`' (`gauge_set`, `gauge_add`), and a test below checks that
+//! both leave the same cells; `tests/abi.rs` checks that Lua's constants are the
+//! library's. (A histogram's
 //! `observe` is the library's own `shmetrics_observe`, which Lua calls.)
 //!
 //! Each store is one 8-byte word, as LuaJIT's FFI stores a `double`: a concurrent
@@ -9,7 +11,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shmetrics::layout::{CELL_GAUGE_SEQ, SHARED_SLOT, STAMP_SLOTS};
+use shmetrics::layout::{
+    CELL_GAUGE_SEQ, GAUGE_DELTA, GAUGE_DELTA_STAMP, GAUGE_SET_STAMP, GAUGE_SET_VALUE, GAUGE_SHARED_STAMP, SHARED_SLOT,
+    STAMP_SLOTS,
+};
 use shmetrics::region::Region;
 
 /// A process's own slot's cells, and the shared slot's.
@@ -76,9 +81,9 @@ impl Cells {
             let seq = Self::get(self.own, CELL_GAUGE_SEQ) + 1.0;
             Self::put(self.own, CELL_GAUGE_SEQ, seq);
             let stamp = seq * STAMP_SLOTS as f64 + self.slot as f64;
-            Self::put(self.own, base, v);
-            Self::put(self.own, base + 1, stamp);
-            Self::put(self.shared, base, stamp);
+            Self::put(self.own, base + GAUGE_SET_VALUE, v);
+            Self::put(self.own, base + GAUGE_SET_STAMP, stamp);
+            Self::put(self.shared, base + GAUGE_SHARED_STAMP, stamp);
         }
     }
 
@@ -89,12 +94,66 @@ impl Cells {
     pub unsafe fn gauge_inc(&self, base: u32, v: f64) {
         // SAFETY: as gauge_set.
         unsafe {
-            let stamp = Self::get(self.shared, base);
-            if Self::get(self.own, base + 3) != stamp {
-                Self::put(self.own, base + 2, 0.0);
-                Self::put(self.own, base + 3, stamp);
+            let stamp = Self::get(self.shared, base + GAUGE_SHARED_STAMP);
+            if Self::get(self.own, base + GAUGE_DELTA_STAMP) != stamp {
+                Self::put(self.own, base + GAUGE_DELTA, 0.0);
+                Self::put(self.own, base + GAUGE_DELTA_STAMP, stamp);
             }
-            Self::put(self.own, base + 2, Self::get(self.own, base + 2) + v);
+            Self::put(self.own, base + GAUGE_DELTA, Self::get(self.own, base + GAUGE_DELTA) + v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shmetrics::cells;
+    use shmetrics::layout::{Params, GAUGE_CELLS, RESERVED_CELLS};
+    use shmetrics::region::{self, Region};
+
+    use super::Cells;
+    use crate::shm::Shm;
+
+    fn open(shm: &Shm) -> &'static Region {
+        let p =
+            Params { max_series: 16, max_families: 4, max_slots: 4, max_label_bytes: 64, max_cells: 0, arena_bytes: 0 };
+        region::open(&shm.path, p, false).unwrap_or_else(|e| panic!("open {}: {e}", shm.path.display())).0
+    }
+
+    /// The raw-pointer writer (as Lua writes) and the library's rule leave the
+    /// same cells after the same sets and incs from three slots.
+    #[test]
+    fn the_writer_follows_the_library_rule() {
+        let (sa, sb) = (Shm::new("writer-rule-a"), Shm::new("writer-rule-b"));
+        let (a, b) = (open(&sa), open(&sb));
+        let base = RESERVED_CELLS;
+        let ops: [(u32, bool, f64); 8] = [
+            (2, false, 5.0),
+            (1, true, 10.0),
+            (2, false, 2.5),
+            (3, false, -1.0),
+            (3, true, 1.0),
+            (1, false, 4.0),
+            (2, true, 7.0),
+            (2, false, 0.5),
+        ];
+        for (slot, set, v) in ops {
+            // SAFETY: each slot is written by this thread alone; the gauge's cells and
+            // the sequence cell are below max_cells (RESERVED_CELLS + GAUGE_CELLS).
+            unsafe {
+                let w = Cells::of(b, slot);
+                if set {
+                    cells::gauge_set(a, slot, base, v);
+                    w.gauge_set(base, v);
+                } else {
+                    cells::gauge_add(a, slot, base, v);
+                    w.gauge_inc(base, v);
+                }
+            }
+        }
+        for slot in 0..4 {
+            for i in (0..RESERVED_CELLS).chain(base..base + GAUGE_CELLS) {
+                assert_eq!(a.cell(slot, i).to_bits(), b.cell(slot, i).to_bits(), "slot {slot} cell {i}");
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 -- The Lua modules' imports run one way: every file under lua/resty/ requires
--- only modules of a lower layer, in the order docs/architecture-lua.md gives
+-- only modules of a lower layer, in the order docs/architecture.md gives
 -- (its "Layers" block, one layer a line, top first). Also: every module is in
 -- that order and in the rockspec's install list.
 local h = require "helpers"
@@ -29,8 +29,8 @@ end
 
 -- {module name = layer number, bottom = 1} from the doc's Layers block.
 local function layers(doc)
-    local block = doc:match("\n## Layers[^\n]*\n.-```\n(.-)```")
-    assert(block, "docs/architecture-lua.md has no \"## Layers\" section with a ``` block")
+    local block = doc:match("\n### Layers[^\n]*\n.-```\n(.-)```")
+    assert(block, "docs/architecture.md has no \"### Layers\" section with a ``` block")
     local lines = {}
     for line in block:gmatch("[^\n]+") do
         lines[#lines + 1] = line
@@ -80,7 +80,7 @@ local function problems(rank, sources)
 end
 
 test("every module requires only modules of a lower layer", function()
-    local rank = layers(read("docs/architecture-lua.md"))
+    local rank = layers(read("docs/architecture.md"))
     local sources, n = {}, 0
     for name, path in pairs(modules()) do
         sources[name] = read(path)

@@ -2,7 +2,7 @@
 -- include/shmetrics.h, the Lua mirrors of its constants and of the layout's cell
 -- numbers (tests/abi.rs and tests/header.rs check they agree), loading the
 -- library through package.cpath, and the library's error text. The bottom layer:
--- it requires nothing of resty.shmetrics (docs/architecture-lua.md).
+-- it requires nothing of resty.shmetrics (docs/architecture.md).
 
 local ffi = require "ffi"
 

@@ -11,7 +11,7 @@
 -- passes through untouched (ngx.arg[1] is only ever read).
 --
 -- The phase handlers and the public methods; the parts they use, each in its own
--- module under resty.shmetrics.gateway (docs/architecture-lua.md):
+-- module under resty.shmetrics.gateway (docs/architecture.md):
 --   options   the checks of new()'s options
 --   outcome   error_type of a request, problems of a model response
 --   stream    the response feeders (JSON, SSE)

@@ -2,7 +2,7 @@
 -- their children), label checks and the label cache, the value checks, the
 -- hot-path updaters that write the cells of this process's slot, and the
 -- counting and logging of hot-path errors. Requires only the binding
--- (docs/architecture-lua.md); the registry (resty.shmetrics) makes the objects
+-- (docs/architecture.md); the registry (resty.shmetrics) makes the objects
 -- with new() and hands the loaded library over with bind().
 
 local ffi = require "ffi"

@@ -3,7 +3,7 @@
 -- in the event loop (with pauses between pieces) and the one on the library's
 -- render thread (render_threaded, wait_turn), and render_string for
 -- metric_data() and the status page. Requires only the binding
--- (docs/architecture-lua.md); the registry hands the loaded library over with bind().
+-- (docs/architecture.md); the registry hands the loaded library over with bind().
 
 local ffi = require "ffi"
 local binding = require "resty.shmetrics.binding"

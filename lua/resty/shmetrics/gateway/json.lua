@@ -3,7 +3,7 @@
 -- values kept. Two readers over shared primitives: lenient helpers (whitespace,
 -- string ends, skipping a value) for the request scanner, and a strict parser
 -- (one member loop) for the usage objects of responses. Requires nothing of
--- resty.shmetrics (docs/architecture-lua.md).
+-- resty.shmetrics (docs/architecture.md).
 
 local tonumber = tonumber
 local byte = string.byte

@@ -1,7 +1,7 @@
 -- resty.shmetrics.gateway.options: the checks of gateway.new()'s options, one
 -- named step per option, each setting what the phase handlers read into the
 -- gateway object. Misuse raises at the caller of new(). Requires nothing of
--- resty.shmetrics (docs/architecture-lua.md).
+-- resty.shmetrics (docs/architecture.md).
 
 local type = type
 local pairs = pairs

@@ -2,7 +2,7 @@
 -- phase: its error_type from the status and nginx's upstream variables
 -- (classify), and what was wrong with a complete 2xx model response
 -- (usage_problem). Requires only the response feeders' modes
--- (docs/architecture-lua.md).
+-- (docs/architecture.md).
 
 local stream = require "resty.shmetrics.gateway.stream"
 

@@ -1,7 +1,7 @@
 -- resty.shmetrics.gateway.request: the lenient scanner of a request body: the
 -- top-level "model" and stream_options.include_usage of a JSON object, every
 -- other value skipped (the request's own server validates it). Requires only
--- the gateway's JSON helpers (docs/architecture-lua.md).
+-- the gateway's JSON helpers (docs/architecture.md).
 
 local json = require "resty.shmetrics.gateway.json"
 

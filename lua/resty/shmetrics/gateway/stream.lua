@@ -3,7 +3,7 @@
 -- only read, never changed): json_feed for a JSON body, sse_feed for a
 -- text/event-stream one, line by line with the SSE framing. `st` is the
 -- request's state; the feeders set its usage counts, TTFT stamp and problem
--- flags. Requires only the gateway's JSON scanner (docs/architecture-lua.md).
+-- flags. Requires only the gateway's JSON scanner (docs/architecture.md).
 
 local json = require "resty.shmetrics.gateway.json"
 
