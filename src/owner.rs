@@ -43,3 +43,10 @@ pub fn owner_word(pid: i32) -> u64 {
 pub fn my_owner_word() -> u64 {
     owner_word(std::process::id() as i32)
 }
+
+/// Whether process `pid` is an nginx master: nginx titles it "nginx: master
+/// process <command line>" once it runs as one (after daemonizing), so the
+/// process that only launched a daemon never carries the title.
+pub fn is_nginx_master(pid: i32) -> bool {
+    pid > 1 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|t| t.starts_with(b"nginx: master process"))
+}

@@ -8,31 +8,30 @@ use std::sync::atomic::Ordering;
 use crate::cells;
 use crate::error::Error;
 use crate::layout::*;
-use crate::owner::{my_owner_word, owner_alive, owner_word};
+use crate::owner::{is_nginx_master, my_owner_word, owner_alive, owner_word};
 use crate::region::Region;
 
 impl Region {
-    /// Records this process's parent as the master when the recorded one has
-    /// exited and the parent is an nginx master: a daemon's `init_by_lua` runs
-    /// in the process that started nginx, which exits once it has forked the
-    /// daemon, so only a worker knows the master that stays. Called at a slot
-    /// claim (cold path).
+    /// Records this process's parent as the master when the recorded process
+    /// is not a running nginx master and the parent is one: a daemon's
+    /// `init_by_lua` runs in the process that launches nginx, which exits once it
+    /// has forked the daemon (and may still be exiting when the first worker
+    /// claims its slot), so only a worker knows the master that stays. Called at
+    /// a slot claim (cold path).
     fn adopt_parent_as_master(&self) {
         // Relaxed: as in record_master.
         let recorded = self.header().master.load(Ordering::Relaxed);
-        if recorded != 0 && owner_alive(recorded) {
-            return;
-        }
         // SAFETY: getppid has no preconditions.
         let ppid = unsafe { libc::getppid() };
-        // nginx titles its master "nginx: master process <command line>".
-        let title = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
-        if ppid <= 1 || !title.starts_with(b"nginx: master process") {
+        if !is_nginx_master(ppid) {
             return;
         }
         let word = owner_word(ppid);
-        // Relaxed: as in record_master. Only a dead record is replaced: of two
-        // workers racing here, both store the same parent.
+        if recorded == word || (owner_alive(recorded) && is_nginx_master((recorded & 0xffff_ffff) as i32)) {
+            return;
+        }
+        // Relaxed: as in record_master. Only the record read above is replaced:
+        // of two workers racing here, both store the same parent.
         let _ = self.header().master.compare_exchange(recorded, word, Ordering::Relaxed, Ordering::Relaxed);
     }
 
