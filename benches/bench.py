@@ -749,7 +749,7 @@ HANDLER_VARIANTS = [
 HANDLER_NOTES = [
     "### The handler path, before and after", "",
     "What LuaJIT makes of the updates a handler calls (`jit.v` in a worker, the `set_x10` block after 2,000"
-    " requests; the `var.lua:68` aborts of the `ngx.var` reads left out). The current methods: every update"
+    " requests; the `var.lua:68` aborts of the `ngx.var` reads left out; captured before the Lua module was split by layer, so the line numbers are those of the one `shmetrics.lua` of then, whose hot path now lives in `shmetrics/metrics.lua` unchanged). The current methods: every update"
     " method is a closure of one prototype (`updater`: `check` → `locate` → `walk` → `apply`):", "",
     "```",
     "[TRACE   6 shmetrics.walk3:2 return]",
