@@ -780,8 +780,9 @@ fn render_null_arguments_are_refused() {
         assert_eq!(shmetrics_render_open(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, &mut it), 0);
         assert!(!it.is_null());
         assert_eq!(shmetrics_render_next(it, 100, null_mut(), &mut len), SHMETRICS_E_INVALID);
-        assert_eq!(shmetrics_render_next(it, 100, &mut chunk, null_mut()), SHMETRICS_E_INVALID);
         assert_eq!(last_error(), "bad argument \"chunk\": NULL");
+        assert_eq!(shmetrics_render_next(it, 100, &mut chunk, null_mut()), SHMETRICS_E_INVALID);
+        assert_eq!(last_error(), "bad argument \"len\": NULL");
         // Still usable after the refused calls; then done, and done again.
         assert_eq!(shmetrics_render_next(it, usize::MAX, &mut chunk, &mut len), 1);
         assert!(len > 0);
@@ -881,6 +882,9 @@ fn render_thread_gives_the_same_body_and_refuses_bad_arguments() {
         // Stopped early: the thread lets go of the job.
         assert_eq!(shmetrics_render_start(r, SHMETRICS_FORMAT_TEXT, null(), null(), 0, 1, 1, &mut it), 0);
         assert_eq!(shmetrics_render_poll(it, null_mut(), &mut len), SHMETRICS_E_INVALID);
+        assert_eq!(last_error(), "bad argument \"chunk\": NULL");
+        assert_eq!(shmetrics_render_poll(it, &mut chunk, null_mut()), SHMETRICS_E_INVALID);
+        assert_eq!(last_error(), "bad argument \"len\": NULL");
         shmetrics_render_stop(it);
     }
     // Tests of this file run in parallel: other threaded renders may be running.

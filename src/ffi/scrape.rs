@@ -128,7 +128,7 @@ pub unsafe extern "C" fn shmetrics_render_next(
         // SAFETY: caller contract: NULL or a live iterator.
         let it = unsafe { it.as_mut() }.ok_or_else(|| Error::invalid("bad argument \"it\": NULL".into()))?;
         non_null(chunk, "chunk")?;
-        non_null(len, "chunk")?;
+        non_null(len, "len")?;
         if !it.next_chunk(hint.max(1)) {
             return Ok(0);
         }
@@ -199,7 +199,7 @@ pub unsafe extern "C" fn shmetrics_render_poll(
         // SAFETY: caller contract: NULL or a live iterator.
         let it = unsafe { it.as_mut() }.ok_or_else(|| Error::invalid("bad argument \"it\": NULL".into()))?;
         non_null(chunk, "chunk")?;
-        non_null(len, "chunk")?;
+        non_null(len, "len")?;
         match it.poll() {
             Poll::Piece => {
                 // SAFETY: checked non-NULL above.
