@@ -1899,11 +1899,9 @@ def snapshot():
     digest = lambda f: hashlib.sha256(open(f, "rb").read()).hexdigest()[:12]
     # The Lua side is several modules: one digest over every file of the tree, in path order.
     tree = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(LUA_DIR)):
-        dirnames.sort()
-        for f in sorted(filenames):
-            path = os.path.join(dirpath, f)
-            tree.update(os.path.relpath(path, LUA_DIR).encode() + b"\0" + open(path, "rb").read())
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(LUA_DIR) for f in fs)
+    for path in files:
+        tree.update(os.path.relpath(path, LUA_DIR).encode() + b"\0" + open(path, "rb").read())
     SNAPSHOT = dict(lua=tree.hexdigest()[:12], lib=digest(LIB),
                     lib_mtime=datetime.datetime.fromtimestamp(os.stat(os.path.join(LIB_DIR, "libshmetrics.so")).st_mtime)
                     .strftime("%Y-%m-%d %H:%M:%S"))
