@@ -154,17 +154,15 @@ fn attach_pseudo_random() {
 // ---------------------------------------------------------------------------
 // Readable versions of the crashers
 
+/// The sizes of the small regions below.
+fn small_params() -> Params {
+    Params { max_series: 16, max_families: 4, max_slots: 4, max_label_bytes: 32, max_cells: 128, arena_bytes: 4096 }
+}
+
 /// A region with one family and one series, through the C ABI.
 fn small_region(test: &str) -> (*const shmetrics_region, fuzz_bodies::Mapped) {
     let path = fuzz_bodies::fresh_path(test);
-    let p = Params {
-        max_series: 16,
-        max_families: 4,
-        max_slots: 4,
-        max_label_bytes: 32,
-        max_cells: 128,
-        arena_bytes: 4096,
-    };
+    let p = small_params();
     let (r, how) = fuzz_bodies::open_region(&path, p, false, true).unwrap();
     let _ = std::fs::remove_file(&path);
     assert_eq!(how, SHMETRICS_OPEN_CREATED);
@@ -350,14 +348,7 @@ fn corrupt_ncells_never_hands_out_a_short_cell_range() {
 #[test]
 fn no_label_family_with_a_stale_full_count() {
     let path = fuzz_bodies::fresh_path("stale-count");
-    let p = Params {
-        max_series: 16,
-        max_families: 4,
-        max_slots: 4,
-        max_label_bytes: 32,
-        max_cells: 128,
-        arena_bytes: 4096,
-    };
+    let p = small_params();
     let (r, _) = fuzz_bodies::open_region(&path, p, false, true).unwrap();
     let _ = std::fs::remove_file(&path);
     // SAFETY: a fresh path opened once; `r` is not used after `_m` drops.
