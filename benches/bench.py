@@ -64,7 +64,7 @@ SCRAPE_RUNS = 5 if QUICK else 9
 STALL_SCRAPES = 5 if QUICK else 7
 LAT_ROUNDS = 5 if QUICK else 7
 STALL_SIZES = [100_000, 1_000_000]
-STALL_ROUNDS = 3 if QUICK else 5
+STALL_ROUNDS = 3 if QUICK else 7
 STALL_SECONDS = 2 if QUICK else 3
 STALL_CONCURRENT = 50
 LAT_SECONDS = 2 if QUICK else 5
@@ -1166,10 +1166,52 @@ def rss_anon(pid):
     return None
 
 
-def scrape_loop(url, stop, count):
-    while not stop.is_set():
-        curl_time(url)
-        count[0] += 1
+class Scraper:
+    """Scrapes `url` back to back from `conns` clients until stop(). By default as
+    Prometheus does: one process for the whole run, each client keeping its
+    connection between scrapes (wrk -c<conns>, which reads every body whole).
+    With per_process=True, one curl process and connection per scrape (threads
+    running curl in a loop): how this benchmark scraped before, and what made its
+    p99 then, because each scrape started a process on the clients' CPU."""
+
+    def __init__(self, url, conns=1, per_process=False):
+        self.count, self.errors = 0, False
+        self.t0 = time.monotonic()
+        self.proc, self.threads, self.halt = None, [], threading.Event()
+        if per_process:
+            def loop():
+                while not self.halt.is_set():
+                    curl_time(url)
+                    self.count += 1
+            self.threads = [threading.Thread(target=loop) for _ in range(conns)]
+            for t in self.threads:
+                t.start()
+        else:
+            self.proc = subprocess.Popen(["wrk", "-t1", f"-c{conns}", "-d3600s", "--timeout", "600s", url],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         preexec_fn=_die_with_parent(signal.SIGKILL))
+            _children.append(self.proc)
+
+    def stop(self):
+        """Stops the scrapes; returns scrapes per second over the run."""
+        self.halt.set()
+        for t in self.threads:
+            t.join()
+        if self.proc:
+            try:
+                self.proc.send_signal(signal.SIGINT)   # wrk prints its summary on SIGINT
+                out, err = self.proc.communicate(timeout=60)
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.communicate()
+                _children.remove(self.proc)
+            m = re.search(r"(\d+) requests in", out)
+            if not m:
+                raise RuntimeError("cannot parse the scraper's wrk output:\n" + out + err)
+            self.count = int(m.group(1))
+            self.errors = ("Non-2xx" in out) or ("Socket errors" in out)
+        return self.count / (time.monotonic() - self.t0)
 
 
 def bench_scrape():
@@ -1221,16 +1263,12 @@ def latency_rounds(n, murl):
     quiet, busy, scrapes = [], [], []
     for _ in range(LAT_ROUNDS):
         quiet.append(wrk(ping, LAT_SECONDS, latency=True))
-        stop, count = threading.Event(), [0]
-        th = threading.Thread(target=scrape_loop, args=(murl, stop, count))
-        th.start()
+        scraper = Scraper(murl)
         try:
             time.sleep(0.2)
             busy.append(wrk(ping, LAT_SECONDS, latency=True))
         finally:
-            stop.set()
-            th.join()
-        scrapes.append(count[0] / (LAT_SECONDS + 0.2))
+            scrapes.append(scraper.stop())
     out = {}
     for name, rs in (("quiet", quiet), ("busy", busy)):
         out[name] = {k: median([r[k] for r in rs]) for k in ("p50_ms", "p99_ms", "max_ms", "rps")}
@@ -1245,20 +1283,22 @@ def latency_rounds(n, murl):
 # 3b. A scrape's hold on the worker: in the event loop (main's way) or on the thread
 
 STALL_MODES = [("loop", "false", 262144, "`render_thread = false`, 256 KiB pieces: rendered in the event loop, 1 ms sleep between pieces (**before**)"),
-               ("thread256", "true", 262144, "`render_thread = true`, 256 KiB pieces: rendered on the library's thread"),
                ("thread", "true", 65536, "`render_thread = true`, 64 KiB pieces (the defaults): rendered on the library's thread (**after**)")]
+# The mode that gets the baselines and the targets: the defaults.
+STALL_DEFAULT = "thread"
 
 
-def window(n, murl, scrapers, traffic=True):
-    """wrk on /ping for STALL_SECONDS while `scrapers` clients scrape /metrics back to
-    back (none: the idle baseline), with the worker's 1 ms timer monitor armed, and the
-    worker's RssAnon sampled every 20 ms. Returns wrk's figures plus gap_ms (the
-    longest gap between timer ticks), cpu_ms (the most CPU the event loop used
-    between two ticks), scrapes/s and the peak RssAnon. Without `traffic`, no wrk:
-    the scrapes alone, so that cpu_ms is what they hold the loop for."""
+def window(n, url, scrapers, traffic=True, per_process=False):
+    """wrk on /ping for STALL_SECONDS while `scrapers` clients scrape `url` back to
+    back (none: the idle baseline; Scraper says how), with the worker's 1 ms timer
+    monitor armed, and the worker's RssAnon sampled every 20 ms. Returns wrk's
+    figures plus gap_ms (the longest gap between timer ticks), cpu_ms (the most
+    CPU the event loop used between two ticks), over_permille (ticks after more
+    than 0.5 ms of it, per 1,000), scrapes/s and the peak RssAnon. Without
+    `traffic`, no wrk: the scrapes alone, so that cpu_ms is what they hold the
+    loop for."""
     ping = f"http://127.0.0.1:{n.port}/ping"
-    stop, count = threading.Event(), [0]
-    ths = [threading.Thread(target=scrape_loop, args=(murl, stop, count)) for _ in range(scrapers)]
+    stop = threading.Event()
     peak = [0]
 
     def sample():
@@ -1268,12 +1308,9 @@ def window(n, murl, scrapers, traffic=True):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    for t in ths:
-        t.start()
+    scraper = Scraper(url, scrapers, per_process) if scrapers else None
     try:
         time.sleep(0.3 if scrapers else 0.05)
-        c0 = count[0]
-        t0 = time.monotonic()
         n.get("/monitor?op=arm")
         if traffic:
             r = wrk(ping, STALL_SECONDS, latency=True)
@@ -1283,12 +1320,12 @@ def window(n, murl, scrapers, traffic=True):
         r["cpu_ms"] = float(n.get("/monitor?op=cpu"))
         r["over_permille"] = float(n.get("/monitor?op=over"))
         r["gap_ms"] = float(n.get("/monitor?op=read"))
-        r["scrapes_per_s"] = (count[0] - c0) / (time.monotonic() - t0)
     finally:
         stop.set()
-        for t in ths:
-            t.join()
+        r_scrapes = scraper.stop() if scraper else 0.0
         sampler.join()
+    r["scrapes_per_s"] = r_scrapes
+    r["scrape_errors"] = bool(scraper and scraper.errors)
     r["rss_peak"] = peak[0]
     return r
 
@@ -1306,21 +1343,38 @@ def bench_stall():
             for mode, n in nginxes.items():
                 n.get(f"/setup?n={size}")
                 murl = f"http://127.0.0.1:{n.metrics_port}/metrics"
-                curl_time(murl)   # the label-block cache, warmed once per size
+                _, body = curl_time(murl)   # the label-block cache, warmed once per size
                 row[mode] = {"idle": [], "busy": [], "many": [], "alone": [], "quiet": [],
-                             "rss_idle": rss_anon(n.worker)}
+                             "busy_curl": [], "paced_alone": [], "paced_busy": [], "pieces": [], "sends": [],
+                             "rss_idle": rss_anon(n.worker), "body": body}
             # Rounds alternate the modes, so that both meet the same machine load.
             for _ in range(STALL_ROUNDS):
                 for mode, n in nginxes.items():
+                    r = row[mode]
                     murl = f"http://127.0.0.1:{n.metrics_port}/metrics"
-                    row[mode]["quiet"].append(window(n, murl, 0, traffic=False))
-                    row[mode]["alone"].append(window(n, murl, 1, traffic=False))
-                    row[mode]["idle"].append(window(n, murl, 0))
-                    row[mode]["busy"].append(window(n, murl, 1))
+                    r["quiet"].append(window(n, murl, 0, traffic=False))
+                    r["alone"].append(window(n, murl, 1, traffic=False))
+                    r["idle"].append(window(n, murl, 0))
+                    r["busy"].append(window(n, murl, 1))
                     if size == min(STALL_SIZES):
-                        row[mode]["many"].append(window(n, murl, STALL_CONCURRENT))
-            log(f"stall {size}: " + json.dumps({m: {k: [(w['p99_ms'], w['gap_ms']) for w in v]
-                                                    for k, v in r.items() if k not in ('rss_idle', 'alone', 'quiet')}
+                        r["many"].append(window(n, murl, STALL_CONCURRENT))
+                    if mode != STALL_DEFAULT:
+                        continue
+                    # Baselines of the defaults: the same scrapes by a process per
+                    # scrape; the same bytes sent in the same pieces without
+                    # rendering; the library's part of each piece.
+                    r["busy_curl"].append(window(n, murl, 1, per_process=True))
+                    paced = f"http://127.0.0.1:{n.metrics_port}/paced?bytes={r['body']}&piece=65536"
+                    n.get("/monitor?op=sends")
+                    r["paced_alone"].append(window(n, paced, 1, traffic=False))
+                    r["sends"].append(json.loads(n.get("/monitor?op=sends")))
+                    r["paced_busy"].append(window(n, paced, 1))
+                    pieces = json.loads(n.get("/render?what=pieces&chunk=65536"))
+                    if "error" in pieces:
+                        raise RuntimeError(f"/render?what=pieces: {pieces['error']}")
+                    r["pieces"].append(pieces)
+            log(f"stall {size}: " + json.dumps({m: {k: [round(w['p99_ms'], 3) for w in r[k]]
+                                                    for k in ("idle", "busy", "busy_curl", "paced_busy", "many") if r[k]}
                                                 for m, r in row.items()}))
             res["sizes"][size] = row
         for n in nginxes.values():
@@ -1339,6 +1393,17 @@ def stall_limit(size, idle_p99):
     return 1.5 * idle_p99 + 0.5 if size <= 100_000 else 2 * idle_p99 + 1
 
 
+def pieces_summary(spreads):
+    """One spread (benches/scrape.lua) from a round's each: medians of p50 and p99, the
+    worst max, and pieces over 0.5 ms of all the rounds' pieces."""
+    spreads = [p for p in spreads if p.get("n")]
+    if not spreads:
+        return None
+    return dict(p50=median([p["p50"] for p in spreads]), p99=median([p["p99"] for p in spreads]),
+                max=max(p["max"] for p in spreads), over=sum(p["over"] for p in spreads),
+                n=sum(p["n"] for p in spreads))
+
+
 def stall_summary(res):
     """Per size and mode: medians over rounds (p99 idle/busy, gaps, ...)."""
     out = []
@@ -1348,6 +1413,7 @@ def stall_summary(res):
             r = row[mode]
             m = lambda ws, k: median([w[k] for w in ws]) if ws else None
             idle99, busy99 = m(r["idle"], "p99_ms"), m(r["busy"], "p99_ms")
+            windows = [w for k in ("alone", "busy", "many", "busy_curl", "paced_alone", "paced_busy") for w in r.get(k, [])]
             d = dict(size=size, mode=mode, label=label, idle99=idle99, busy99=busy99,
                      limit=stall_limit(size, idle99),
                      idle_max=m(r["idle"], "max_ms"), busy_max=m(r["busy"], "max_ms"),
@@ -1363,48 +1429,95 @@ def stall_summary(res):
                      alone_scrapes=m(r["alone"], "scrapes_per_s"),
                      stall=median([b["gap_ms"] - i["gap_ms"] for i, b in zip(r["idle"], r["busy"])]),
                      scrapes=m(r["busy"], "scrapes_per_s"),
+                     scrape_errors=sum(1 for w in windows if w.get("scrape_errors")),
                      busy99_all=[w["p99_ms"] for w in r["busy"]], idle99_all=[w["p99_ms"] for w in r["idle"]])
             if r["many"]:
                 d.update(many99=m(r["many"], "p99_ms"), many_max=m(r["many"], "max_ms"),
                          many_gap=m(r["many"], "gap_ms"), many_cpu=m(r["many"], "cpu_ms"), many_scrapes=m(r["many"], "scrapes_per_s"),
                          many_rss=max(w["rss_peak"] for w in r["many"]) - (r["rss_idle"] or 0),
                          many99_all=[w["p99_ms"] for w in r["many"]])
+            if r.get("paced_busy"):
+                d.update(body=r["body"],
+                         curl99=m(r["busy_curl"], "p99_ms"), curl_max=m(r["busy_curl"], "max_ms"),
+                         curl_scrapes=m(r["busy_curl"], "scrapes_per_s"),
+                         curl99_all=[w["p99_ms"] for w in r["busy_curl"]],
+                         paced99=m(r["paced_busy"], "p99_ms"), paced_max=m(r["paced_busy"], "max_ms"),
+                         paced_scrapes=m(r["paced_busy"], "scrapes_per_s"),
+                         paced99_all=[w["p99_ms"] for w in r["paced_busy"]],
+                         paced_cpu=m(r["paced_alone"], "cpu_ms"),
+                         paced_cpu_worst=max(w["cpu_ms"] for w in r["paced_alone"]),
+                         paced_over=m(r["paced_alone"], "over_permille"),
+                         paced_gap=m(r["paced_alone"], "gap_ms"),
+                         paced_alone_scrapes=m(r["paced_alone"], "scrapes_per_s"),
+                         pieces=pieces_summary(r["pieces"]), sends=pieces_summary(r["sends"]))
             out.append(d)
     return out
 
 
 def stall_section(res):
     rows = stall_summary(res)
+    base = [d for d in rows if "paced99" in d]
     L = ["**The longest stall** (no other traffic: the scrapes alone, so that what the event loop does between"
          " two ticks of its 1 ms timer is the scrape's own work; the CPU time is the loop thread's, which"
-         " other processes on the machine do not inflate):", "",
-         "| series | how `collect()` renders | most event-loop CPU between two ticks: no scrape / scraped back to back, ms (median of rounds; worst) | target ≤ 0.5 ms | |"
+         " other processes on the machine do not inflate). The **baseline** rows send the same number of bytes"
+         " in the same 64 KiB pieces, one a millisecond, from a handler that renders nothing (`/paced`): what"
+         " sending the body costs the loop, whatever produces it:", "",
+         "| series | how the body is made | most event-loop CPU between two ticks: no scrape / scraped back to back, ms (median of rounds; worst) | target ≤ 0.5 ms | |"
          " turns of more than 0.5 ms CPU per 1,000 ticks: no scrape / scraping (median of rounds) | longest gap between ticks: no scrape / scraping, ms | scrapes/s |",
          "|---:|---|---:|---:|---|---:|---:|---:|"]
     for d in rows:
         L.append(f"| {d['size']:,} | {d['label']} | {fmt(d['quiet_cpu'], 3)} / **{fmt(d['alone_cpu'], 3)}** ({fmt(d['alone_cpu_worst'], 3)}) | 0.5 | "
                  f"{mark(d['alone_cpu_worst'] <= 0.5)} | {fmt(d['quiet_over'], 2)} / **{fmt(d['alone_over'], 2)}** | "
                  f"{fmt(d['quiet_gap'], 2)} / {fmt(d['alone_gap'], 2)} | {fmt(d['alone_scrapes'], 1)} |")
-    L += ["", "**Other requests' latency** (wrk saturates `/ping` on the worker; a scrape's work competes with it):", "",
-          "| series | how `collect()` renders | `/ping` p99 idle, ms | p99 while `/metrics` is scraped back to back, ms | target: ≤ | |"
+        if "paced99" in d:
+            L.append(f"| {d['size']:,} | **baseline**: {d['body']:,} bytes in 64 KiB pieces, nothing rendered | {fmt(d['quiet_cpu'], 3)} / **{fmt(d['paced_cpu'], 3)}** ({fmt(d['paced_cpu_worst'], 3)}) | | | "
+                     f"{fmt(d['quiet_over'], 2)} / **{fmt(d['paced_over'], 2)}** | {fmt(d['quiet_gap'], 2)} / {fmt(d['paced_gap'], 2)} | {fmt(d['paced_alone_scrapes'], 1)} |")
+    if base:
+        L += ["", "**Per piece, in the event loop** (the defaults; thread CPU time of each step, all rounds' pieces together):"
+              " the library's part is `shmetrics_render_poll` and the copy of the piece into a Lua string"
+              " (`/render?what=pieces`: every piece of a scrape, nothing sent); sending it is `ngx.print` and"
+              " `ngx.flush(true)` of a 64 KiB string, measured on the baseline's pieces (nginx's copy and its"
+              " `writev`, with the kernel's loopback send and receive):", "",
+              "| series | library's part: p50 / p99 / max, ms | over 0.5 ms | sending a 64 KiB piece: p50 / p99 / max, ms | over 0.5 ms |",
+              "|---:|---:|---:|---:|---:|"]
+        for d in base:
+            p, q = d["pieces"], d["sends"]
+            sp = lambda x: f"{fmt(x['p50'], 3)} / {fmt(x['p99'], 3)} / {fmt(x['max'], 3)}" if x else "–"
+            so = lambda x: f"{x['over']} of {x['n']:,}" if x else "–"
+            L.append(f"| {d['size']:,} | {sp(p)} | {so(p)} | {sp(q)} | {so(q)} |")
+    L += ["", "**Other requests' latency** (wrk saturates `/ping` on the worker; a scrape's work competes with it)."
+          " The scraper keeps its connection between scrapes, as Prometheus does (one `wrk -c1` on `/metrics`);"
+          " beside it, the same scrapes made as before by a new curl process per scrape, and the baseline"
+          " that sends the same bytes without rendering:", "",
+          "| series | how the body is made | `/ping` p99 idle, ms | p99 while `/metrics` is scraped back to back, ms | target: ≤ | |"
           " `/ping` max idle / scraping, ms | longest gap of the 1 ms timer idle / scraping, ms (median of rounds; worst) | scrapes/s |",
           "|---:|---|---:|---:|---:|---|---:|---:|---:|"]
     for d in rows:
-        L.append(f"| {d['size']:,} | {d['label']} | {fmt(d['idle99'], 3)} | {fmt(d['busy99'], 3)} | {fmt(d['limit'], 3)} | "
+        L.append(f"| {d['size']:,} | {d['label']} | {fmt(d['idle99'], 3)} | **{fmt(d['busy99'], 3)}** | {fmt(d['limit'], 3)} | "
                  f"{mark(d['busy99'] <= d['limit'])} | {fmt(d['idle_max'], 1)} / {fmt(d['busy_max'], 1)} | "
                  f"{fmt(d['idle_gap'], 2)} / {fmt(d['busy_gap'], 2)} ({fmt(d['idle_gap_worst'], 1)}; {fmt(d['busy_gap_worst'], 1)}) | "
                  f"{fmt(d['scrapes'], 1)} |")
+        if "paced99" in d:
+            L.append(f"| {d['size']:,} | the defaults, scraped by a new curl process per scrape (how this section scraped before) | {fmt(d['idle99'], 3)} | {fmt(d['curl99'], 3)} | | | "
+                     f"{fmt(d['idle_max'], 1)} / {fmt(d['curl_max'], 1)} | | {fmt(d['curl_scrapes'], 1)} |")
+            L.append(f"| {d['size']:,} | **baseline**: the same bytes in 64 KiB pieces, nothing rendered | {fmt(d['idle99'], 3)} | {fmt(d['paced99'], 3)} | | | "
+                     f"{fmt(d['idle_max'], 1)} / {fmt(d['paced_max'], 1)} | | {fmt(d['paced_scrapes'], 1)} |")
     many = [d for d in rows if "many99" in d]
     if many:
-        L += ["", f"| {STALL_CONCURRENT} concurrent scrapers, back to back | series | `/ping` p99, ms (idle) | target ≤ 10 ms | | `/ping` max, ms | longest timer gap, ms | most event-loop CPU between ticks, ms | scrapes/s | worker RssAnon peak − idle (÷ {STALL_CONCURRENT}) |",
+        L += ["", f"| {STALL_CONCURRENT} concurrent scrapers, back to back (`wrk -c{STALL_CONCURRENT}`) | series | `/ping` p99, ms (idle) | target ≤ 10 ms | | `/ping` max, ms | longest timer gap, ms | most event-loop CPU between ticks, ms | scrapes/s | worker RssAnon peak − idle (÷ {STALL_CONCURRENT}) |",
               "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for d in many:
             L.append(f"| {d['label']} | {d['size']:,} | {fmt(d['many99'], 3)} ({fmt(d['idle99'], 3)}) | 10 | {mark(d['many99'] <= 10)} | "
                      f"{fmt(d['many_max'], 1)} | {fmt(d['many_gap'], 2)} | {fmt(d['many_cpu'], 2)} | {fmt(d['many_scrapes'], 1)} | "
                      f"{d['many_rss'] / 2**20:,.1f} MiB ({d['many_rss'] / STALL_CONCURRENT / 2**10:,.0f} KiB) |")
-    L += ["", "p99 per round (idle → scraping), ms: " + "; ".join(
-        f"{d['size'] // 1000}k {d['mode']}: " + ", ".join(f"{fmt(a, 2)}→{fmt(b, 2)}" for a, b in zip(d['idle99_all'], d['busy99_all']))
-        for d in rows)]
+    per_round = [f"{d['size'] // 1000}k {d['mode']}: " + ", ".join(f"{fmt(a, 2)}→{fmt(b, 2)}" for a, b in zip(d['idle99_all'], d['busy99_all']))
+                 for d in rows]
+    per_round += [f"{d['size'] // 1000}k {d['mode']}, {what}: " + ", ".join(f"{fmt(a, 2)}→{fmt(b, 2)}" for a, b in zip(d['idle99_all'], d[key]))
+                  for d in base for what, key in (("curl per scrape", "curl99_all"), ("baseline", "paced99_all"))]
+    L += ["", "p99 per round (idle → scraping), ms: " + "; ".join(per_round)]
+    errs = sum(d["scrape_errors"] for d in rows)
+    if errs:
+        L += ["", f"**{errs} windows had scrape errors** (wrk reported socket errors or non-2xx answers on `/metrics`)."]
     return "\n".join(L)
 
 
@@ -1583,16 +1696,33 @@ def targets_summary(res):
                      f"{mark(lat['p99_ratio'] <= 2)} |")
     if "stall" in res:
         for d in stall_summary(res["stall"]):
-            if d["mode"] != "thread":
+            if d["mode"] != STALL_DEFAULT:
                 continue
+            base = ""
+            if "paced99" in d:
+                base = (f"; sending the same bytes without rendering (baseline): {fmt(d['paced99'], 2)} ms;"
+                        f" scraped by a new curl process per scrape: {fmt(d['curl99'], 2)} ms")
             L.append(f"| {d['size']:,} series, scraped back to back: p99 of other requests ≤ "
                      f"{'1.5× idle + 0.5 ms' if d['size'] <= 100_000 else '2× idle + 1 ms'} | {fmt(d['busy99'], 2)} ms against"
-                     f" ≤ {fmt(d['limit'], 2)} (idle {fmt(d['idle99'], 2)}); longest timer gap {fmt(d['busy_gap'], 2)} ms"
-                     f" (idle {fmt(d['idle_gap'], 2)}) | {mark(d['busy99'] <= d['limit'])} |")
+                     f" ≤ {fmt(d['limit'], 2)} (idle {fmt(d['idle99'], 2)}; the scraper keeps its connection){base}"
+                     f" | {mark(d['busy99'] <= d['limit'])} |")
+            base = ""
+            if "paced99" in d:
+                p, q = d["pieces"], d["sends"]
+                base = (f"; sending the same bytes without rendering (baseline): {fmt(d['paced_cpu'], 3)} (worst"
+                        f" {fmt(d['paced_cpu_worst'], 3)}), {fmt(d['paced_over'], 2)} per 1,000 ticks")
+                if p and q:
+                    base += (f"; per piece, the library's part at most {fmt(p['max'], 3)} ms (p99 {fmt(p['p99'], 3)}),"
+                             f" sending it at most {fmt(q['max'], 3)} ms (p99 {fmt(q['p99'], 3)})")
+            if "paced99" in d and d["pieces"]:
+                p = d["pieces"]
+                L.append(f"| {d['size']:,} series: the library's part of each piece in the event loop ≤ 0.5 ms |"
+                         f" at most {fmt(p['max'], 3)} ms (p99 {fmt(p['p99'], 3)}, p50 {fmt(p['p50'], 3)}; {p['n']:,} pieces)"
+                         f" | {mark(p['max'] <= 0.5)} |")
             L.append(f"| {d['size']:,} series: no stall longer than 0.5 ms | the event loop ran at most {fmt(d['alone_cpu'], 3)} ms"
                      f" of CPU between two 1 ms ticks while scraped back to back (worst round {fmt(d['alone_cpu_worst'], 3)};"
                      f" no scrape {fmt(d['quiet_cpu'], 3)}); turns over 0.5 ms: {fmt(d['alone_over'], 2)} per 1,000 ticks"
-                     f" (no scrape {fmt(d['quiet_over'], 2)}) | {mark(d['alone_cpu_worst'] <= 0.5)} |")
+                     f" (no scrape {fmt(d['quiet_over'], 2)}){base} | {mark(d['alone_cpu_worst'] <= 0.5)} |")
             if "many99" in d:
                 L.append(f"| {STALL_CONCURRENT} concurrent scrapes at {d['size']:,} series: p99 of other requests ≤ 10 ms | "
                          f"{fmt(d['many99'], 2)} ms | {mark(d['many99'] <= 10)} |")
@@ -1606,29 +1736,36 @@ def targets_summary(res):
 # What the stall figures say and what they do not (from the runs so far and a
 # perf profile); written into the report under the tables.
 STALL_NOTES = (
-    "Reading the figures. Rendering on the thread takes the renderer off the event loop: with 50"
-    " concurrent scrapes, the most CPU the loop spent between two ticks fell from 15 ms to about 2 ms and"
-    " `/ping`'s p99 from over 100 ms to its idle value. What a scrape leaves on the loop is a piece at a"
-    " time: the copy into a Lua string, nginx's copy, and the kernel's send. That work grows with the"
-    " piece, and above 128 KiB it also touches fresh memory every time: LuaJIT and glibc serve such"
-    " allocations from new mappings, so each 256 KiB piece page-faulted on its 64 pages (perf stat on the"
-    " worker, 100,000 series, 20 scrapes back to back with 256 KiB pieces: 4,826 page faults, 80 brk,"
-    " 25 mmap and 25 munmap; the perf timeline of the longest turns: `memmove` into new pages, 1.5–3.5 ms"
-    " under the profiler). Pieces of 64 KiB (now the default) stay below that size: in short runs of this"
-    " section (3–5 windows) their turns over 0.5 ms of CPU fell to the no-scrape level (0–1.2 per"
-    " 1,000 ticks), in the full runs they are rarer than with 256 KiB at 100,000 series but not gone (the"
-    " column above), so the 0.5 ms target is still **not met**. What the remaining long turns are is"
-    " only partly known: the perf timeline of each long turn (`perf record -t <worker> -e cpu-clock"
-    " -e raw_syscalls:*`, split at `epoll_wait`) shows kernel work charged to the worker's thread"
-    " inside a system call, the loopback receive path of the client's socket run inside nginx's `writev`"
-    " (`net_rx_action` → `tcp_v4_rcv`) and RCU callbacks freeing slabs at an interrupt's exit"
-    " (`rcu_do_batch`), which windows without sends do not have; stopping the LuaJIT GC"
-    " (`collectgarbage(\"stop\")` in the worker, 1,000,000 series) did not remove them. The price of"
-    " smaller pieces is the scrape's length: a piece per millisecond at most, so 100,000 series (7 MB) take"
-    " about 0.15 s and 1,000,000 about 1.5 s, and 50 concurrent scrapes share the worker's 64 KiB a"
-    " millisecond (the scrapes/s columns). With `/ping` under wrk, the worker's CPU is saturated and the timer gaps measure the"
-    " loop's queue, not a stall; p99 there moves with the machine's load more than with the scrape (the"
-    " p99 row per round above shows it)."
+    "Reading the figures. Rendering on the thread takes the renderer off the event loop (with 50"
+    " concurrent scrapes, compare the most CPU the loop spent between two ticks and `/ping`'s p99 in the"
+    " two ways above). What a scrape leaves on the loop is a piece at a time: the library's part (taking"
+    " the finished piece and copying it into a Lua string: the per-piece table) and nginx's send of it"
+    " (its copy, then `writev`, in which the kernel runs TCP's send and, over loopback, the receiving"
+    " socket's side too). The baseline rows send the same bytes in the same pieces with nothing rendered;"
+    " what the defaults' rows show above the targets, the baseline shows as well: it is what sending a body"
+    " of that size costs any handler in this worker, not the render. The per-piece table puts the library's"
+    " part of a piece beside its send; the sends over 0.5 ms are kernel work charged to the worker's thread inside `writev`"
+    " (the perf timeline of the longest turns, `perf record -t <worker> -e cpu-clock -e raw_syscalls:*`"
+    " split at `epoll_wait`: the loopback receive, `net_rx_action` → `tcp_v4_rcv`, and softirqs at an"
+    " interrupt's exit), and smaller pieces do not remove them (an experiment outside this section, 100,000"
+    " series: with 16 KiB pieces 1 of 4,220 sends over 0.5 ms, max 1.9 ms; with 64 KiB 2–4 of about 4,100)."
+    " Turns over 0.5 ms also happen with no scrape at all (the no-scrape column): this is a shared virtual"
+    " machine whose other guests take its CPUs at times. What holds the loop past 0.5 ms is then the send"
+    " (the baseline does it too) and the machine, and no renderer can take the send off the loop: nginx"
+    " owns the connection."
+    " Pieces are 64 KiB because above 128 KiB a piece is fresh memory in LuaJIT's and glibc's allocators"
+    " every time (perf stat on the worker, 100,000 series, 20 scrapes with 256 KiB pieces: 4,826 page"
+    " faults, 80 brk, 25 mmap and 25 munmap; none with pieces below 128 KiB). The price of small pieces is"
+    " the scrape's length: a piece per millisecond at most, so 100,000 series (7 MB) take about 0.15 s"
+    " and 1,000,000 about 1.5 s, and 50 concurrent scrapes share the worker's 64 KiB a millisecond (the"
+    " scrapes/s columns). Why the scraper keeps its connection: earlier runs of this section scraped with a"
+    " new curl process per scrape. On this 2-CPU machine that process's start (fork, exec, loading, a new"
+    " connection) ran on the CPU of wrk, the client that times `/ping`, and wrk's own delays became"
+    " `/ping`'s p99: in an experiment, 100,000 series, 3 rounds, p99 was 2.09 ms with a curl per scrape,"
+    " 0.50 ms with one curl process that kept its connection, 0.61 ms with `wrk -c1` (idle 0.34). The"
+    " per-process row keeps that comparison in every run; Prometheus keeps its connection between scrapes."
+    " With `/ping` under wrk, the worker's CPU is saturated and the timer gaps measure the loop's queue,"
+    " not a stall; p99 moves with the machine's load from round to round (the p99 row per round above)."
 )
 
 
@@ -1637,20 +1774,25 @@ def stall_report(r, env):
     L = []
     L += ["## 3b. Scrapes off the event loop", "",
           "One nginx worker (pinned to its CPU, as above) serves `/ping` (`return 200`) and `/metrics`"
-          " (`prometheus:collect()`). Three such nginx run side by side with the same series, one per way of"
+          " (`prometheus:collect()`). Two such nginx run side by side with the same series, one per way of"
           " rendering: in the event loop, in pieces of `chunk_bytes` = 256 KiB with a 1 ms sleep between"
           " them (what main did before the render thread), and on the library's render thread"
-          " (`shmetrics_render_start`/`_poll`), the handler sleeping 1 ms between pieces and while none is"
-          " ready, with pieces of 256 KiB (the earlier default) and of 64 KiB (the default). Per round and way:"
-          f" {r['seconds']} s with no traffic and no scrape, {r['seconds']} s of scrapes alone (one curl back"
-          " to back), then"
-          f" wrk (`-t1 -c8 --latency`, {r['seconds']} s) on `/ping` idle, then while one client (curl) scrapes"
-          f" `/metrics` back to back, then (at {min(STALL_SIZES):,} series) while {STALL_CONCURRENT} clients do;"
-          " meanwhile a chain of 1 ms timers inside the worker records the longest gap between two ticks"
-          " (a tick is late by as long as the worker's event loop was held: the longest stall, plus the"
-          f" timer's own period of ~1 ms and whatever the machine adds). {r['rounds']} rounds, the three ways"
-          " alternating; medians of the rounds. Targets from the issue: p99 while scraping ≤ 1.5 × idle p99"
-          " + 0.5 ms at 100k series, ≤ 2 × idle p99 + 1 ms at 1M; with 50 concurrent scrapes ≤ 10 ms."
+          " (`shmetrics_render_start`/`_poll`) with the defaults: pieces of 64 KiB, the handler sleeping 1 ms"
+          " between pieces and while none is ready. The scraper is what Prometheus is to the worker: one"
+          " client that keeps its connection between scrapes (`wrk -t1 -c1` on `/metrics`; it reads every"
+          " body whole). Per round and way:"
+          f" {r['seconds']} s with no traffic and no scrape, {r['seconds']} s of scrapes alone, then"
+          f" wrk (`-t1 -c8 --latency`, {r['seconds']} s) on `/ping` idle, then while `/metrics` is scraped"
+          f" back to back, then (at {min(STALL_SIZES):,} series) while {STALL_CONCURRENT} clients do"
+          f" (`wrk -t1 -c{STALL_CONCURRENT}`). With the defaults, three baselines in the same round: the"
+          " same scrapes made by a new curl process per scrape (how this section scraped before);"
+          " `/paced`, which sends as many bytes as a scrape in 64 KiB pieces, a piece a millisecond, as"
+          " `collect()` sends them but with nothing rendered (alone, and under `/ping` traffic); and the"
+          " library's part of each piece, timed inside the worker. Meanwhile a chain of 1 ms timers inside"
+          " the worker records the longest gap between two ticks and the CPU its event loop used between"
+          f" them. {r['rounds']} rounds, the two ways alternating; medians of the rounds. Targets from the"
+          " issue: p99 while scraping ≤ 1.5 × idle p99 + 0.5 ms at 100k series, ≤ 2 × idle p99 + 1 ms at"
+          " 1M; with 50 concurrent scrapes ≤ 10 ms; no hold of the worker longer than 0.5 ms."
           f" Machine load (1, 5, 15 min) at the start of this section {', '.join(r['load_start'])},"
           f" at its end {', '.join(r.get('load_end', ['?']))} (2 CPUs: other processes ran beside it).", "",
           stall_section(r), "",
@@ -1658,9 +1800,12 @@ def stall_report(r, env):
           "Commands:", "",
           "```sh",
           f"{env}scripts/bench.sh stall",
-          "# three nginx -c nginx-test-conf/bench_scrape.conf (rendered; RENDER_THREAD=false/CHUNK_BYTES=262144, true/262144, true/65536), then per size and round:",
+          "# two nginx -c nginx-test-conf/bench_scrape.conf (rendered; RENDER_THREAD=false/CHUNK_BYTES=262144, true/65536), then per size and round:",
           "curl /monitor?op=arm; " + f"wrk -t1 -c8 -d{r['seconds']}s --latency http://127.0.0.1:$PORT/ping; curl /monitor?op=read",
-          f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done &   # 1 or {STALL_CONCURRENT} of them, during the same",
+          f"wrk -t1 -c1 -d3600s --timeout 600s http://127.0.0.1:$METRICS_PORT/metrics &   # -c{STALL_CONCURRENT} for the concurrent scrapes; stopped with SIGINT",
+          "while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done &   # the per-process scraper",
+          "wrk -t1 -c1 ... 'http://127.0.0.1:$METRICS_PORT/paced?bytes=<body>&piece=65536' &   # the baseline",
+          "curl 'http://127.0.0.1:$PORT/render?what=pieces&chunk=65536'; curl http://127.0.0.1:$PORT/monitor?op=sends",
           "```", ""]
     return L
 
@@ -1840,7 +1985,8 @@ def write_report(info, res, sections, elapsed):
               " did not yield. Measured during single `/metrics` requests and, as the baseline, in a window as"
               " long right after each. Latency: wrk (`-t1 -c8`, "
               f"{LAT_SECONDS} s, `--latency`) on `/ping`, alone and while another client scrapes `/metrics` back"
-              f" to back, alternating, {LAT_ROUNDS} rounds.", "",
+              f" to back on a connection it keeps (`wrk -t1 -c1`, as Prometheus keeps its connection), alternating,"
+              f" {LAT_ROUNDS} rounds.", "",
               stall_table(r), "",
               "Commands:", "",
               "```sh",
@@ -1851,7 +1997,7 @@ def write_report(info, res, sections, elapsed):
               "curl -s -o /dev/null -w '%{time_total} %{size_download}' http://127.0.0.1:$METRICS_PORT/metrics",
               "# at 100k, alternating:",
               f"wrk -t1 -c8 -d{LAT_SECONDS}s --latency http://127.0.0.1:$PORT/ping",
-              f"while :; do curl -s -o /dev/null http://127.0.0.1:$METRICS_PORT/metrics; done & wrk -t1 -c8 -d{LAT_SECONDS}s --latency http://127.0.0.1:$PORT/ping",
+              f"wrk -t1 -c1 -d3600s --timeout 600s http://127.0.0.1:$METRICS_PORT/metrics & wrk -t1 -c8 -d{LAT_SECONDS}s --latency http://127.0.0.1:$PORT/ping",
               "```", ""]
     if "stall" in res:
         L += stall_report(res["stall"], env)

@@ -60,13 +60,17 @@ end
 -- piece, close, without copying the pieces into Lua strings.
 local lib
 local render_out, chunk_out, len_out
-local function raw_render()
+local function load_lib()
     if not lib then
         lib = ffi.load(assert(package.searchpath("libshmetrics", package.cpath)))
         render_out = ffi.new("shmetrics_render *[1]")
         chunk_out = ffi.new("const char *[1]")
         len_out = ffi.new("size_t[1]")
     end
+end
+
+local function raw_render()
+    load_lib()
     assert(lib.shmetrics_render_open(M.prometheus.h, 0, nil, nil, 0, render_out) >= 0)
     local it, bytes = render_out[0], 0
     while lib.shmetrics_render_next(it, 65536, chunk_out, len_out) > 0 do
@@ -74,6 +78,57 @@ local function raw_render()
     end
     lib.shmetrics_render_close(it)
     return bytes
+end
+
+-- The percentiles of a list of ms figures: "n p50 p99 max over" as JSON, with
+-- `over` the count above 0.5 ms. Sorts the list.
+local function spread(ms)
+    table.sort(ms)
+    local n, over = #ms, 0
+    for i = 1, n do
+        if ms[i] > 0.5 then
+            over = over + 1
+        end
+    end
+    if n == 0 then
+        return '{"n": 0}'
+    end
+    return string.format('{"n": %d, "p50": %.4f, "p99": %.4f, "max": %.4f, "over": %d}', n,
+                         ms[math.ceil(n * 0.5)], ms[math.ceil(n * 0.99)], ms[n], over)
+end
+
+-- The library's part of each piece of a threaded scrape, as collect() takes
+-- it in the event loop: shmetrics_render_poll and the copy of the piece into a
+-- Lua string (thread CPU ms per piece; nothing is sent). Sleeps 1 ms while no
+-- piece is ready, as collect() does. Returns spread() of the pieces.
+local function piece_times(chunk)
+    local binding = require "resty.shmetrics.binding"
+    local job_out = ffi.new("shmetrics_render_job *[1]")
+    local rc = lib.shmetrics_render_start(M.prometheus.h, 0, nil, nil, 0, chunk, 2, job_out)
+    if rc < 0 then
+        error("shmetrics_render_start: " .. rc)
+    end
+    local job = ffi.gc(job_out[0], lib.shmetrics_render_stop)
+    local ms = {}
+    while true do
+        local c0 = cpu_ns()
+        rc = lib.shmetrics_render_poll(job, chunk_out, len_out)
+        if rc == 1 then
+            local piece = ffi.string(chunk_out[0], len_out[0])
+            ms[#ms + 1] = (cpu_ns() - c0) / 1e6
+            assert(#piece > 0)
+        elseif rc == binding.RENDER_PENDING then
+            ngx.sleep(0.001)
+        else
+            break
+        end
+    end
+    ffi.gc(job, nil)
+    lib.shmetrics_render_stop(job)
+    if rc < 0 then
+        error("shmetrics_render_poll: " .. rc)
+    end
+    return spread(ms)
 end
 
 -- Times f() `runs` times after one first run; returns the first run's wall ms,
@@ -98,6 +153,15 @@ end
 -- or metric_data() (md), the body size, the first run and R more runs (wall and
 -- CPU ms).
 function M.render(what, runs)
+    if what == "pieces" then
+        -- /render?what=pieces&chunk=C: the library's part of each piece (piece_times).
+        load_lib()
+        local ok, out = pcall(piece_times, tonumber(ngx.var.arg_chunk) or 65536)
+        if not ok then
+            return string.format('{"error": "%s"}', (tostring(out):gsub('[%c"\\]', " ")))
+        end
+        return out
+    end
     local size, f
     if what == "raw" then
         f = function() size = raw_render() end
@@ -110,6 +174,42 @@ function M.render(what, runs)
     end
     return string.format('{"size": %d, "first": %.3f, "wall": [%s], "cpu": [%s]}',
                          size, first, concat(wall, ","), concat(cpu, ","))
+end
+
+-- The same-run baseline of a threaded scrape's sending: `bytes` of body in
+-- pieces of `piece` bytes, each sent as collect() sends a piece (ngx.print of a
+-- Lua string, ngx.flush(true)), then a 1 ms sleep; no rendering. The thread CPU
+-- ms of each piece's print and flush are kept for /monitor?op=sends.
+local sends = {}
+local pieces = {}
+function M.paced(bytes, piece)
+    if not (bytes and piece and piece > 0) then
+        return ngx.exit(ngx.HTTP_BAD_REQUEST)
+    end
+    local s = pieces[piece]
+    if not s then
+        s = string.rep("x", piece - 1) .. "\n"
+        pieces[piece] = s
+    end
+    ngx.header.content_type = "text/plain; version=0.0.4; charset=utf-8"
+    local left = bytes
+    while left > 0 do
+        local p = s
+        if left < piece then
+            p = s:sub(piece - left + 1)
+        end
+        local c0 = cpu_ns()
+        local ok = ngx.print(p)
+        if ok then
+            ok = ngx.flush(true)
+        end
+        sends[#sends + 1] = (cpu_ns() - c0) / 1e6
+        if not ok then
+            return
+        end
+        left = left - #p
+        ngx.sleep(0.001)
+    end
 end
 
 -- The stall monitor: a 1 ms timer chain in the worker that records the longest
@@ -156,6 +256,12 @@ end
 function M.monitor(op)
     if op == "cpu" then
         return maxcpu / 1e6
+    end
+    if op == "sends" then
+        -- spread() of the paced baseline's piece sends since the last call.
+        local out = spread(sends)
+        sends = {}
+        return out
     end
     if op == "over" then
         -- Ticks after more than 0.5 ms of the loop's CPU, per thousand ticks.
