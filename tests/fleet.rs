@@ -31,12 +31,6 @@
 //! Every server is stopped on drop, failing or not (and by PDEATHSIG if the test
 //! process dies); the region files are removed.
 
-mod common;
-
-use common::http::get;
-use common::nginx::{die_with_parent, free_port, remove_shm, repo_dir};
-use common::prometheus::*;
-use common::Nginx;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -45,6 +39,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::harness::http::get;
+use testkit::harness::nginx::{die_with_parent, free_port, remove_shm, repo_dir};
+use testkit::harness::prometheus::*;
+use testkit::harness::Nginx;
 
 const VICTORIA: &str = "/usr/bin/victoria-metrics";
 const WAIT: Duration = Duration::from_secs(60);

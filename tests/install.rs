@@ -20,10 +20,6 @@
 //! They reuse target/release (make test has just built it): `make deb` and the
 //! rockspec's `cargo build --release` find it up to date.
 
-mod common;
-
-use common::nginx::{repo_dir, LIB_NAME};
-use common::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -31,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::harness::nginx::{repo_dir, LIB_NAME};
+use testkit::harness::*;
 
 const PACKAGE: &str = "lua-resty-shmetrics";
 const REQUESTS: u64 = 300;
@@ -374,7 +372,7 @@ io.write(p:metric_data("text"))"#
         .env("LUA_CPATH", var("LUA_CPATH"))
         .output()
         .expect("luajit");
-    common::nginx::remove_shm(Path::new(&region));
+    testkit::harness::nginx::remove_shm(Path::new(&region));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -15,13 +15,11 @@
 //! corruption is both counted (`shmetrics_region_corrupt_total`) and logged with
 //! the file's path.
 
-mod common;
-
 use std::time::Instant;
 
-use common::nginx::alive;
-use common::*;
 use shmetrics::layout::*;
+use testkit::harness::nginx::alive;
+use testkit::harness::*;
 use testkit::shm::FileMap;
 use testkit::XorShift;
 

@@ -3,15 +3,13 @@
 //! nine concurrent clients per scenario, exact totals per (host, path, status),
 //! and a gauge set and reset from any worker, read back from any worker.
 
-mod common;
-
-use common::*;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::harness::*;
 
 const WORKERS: usize = 4;
 const CLIENTS: usize = 9;

@@ -5,16 +5,14 @@
 //! 0.0.4) and against the other format; HELP and label escaping; gzip; the
 //! `?name[]=` family filter; the JSON view.
 
-mod common;
-
-use common::expo::series_key;
-use common::prometheus::Json;
-use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
+use testkit::harness::expo::series_key;
+use testkit::harness::prometheus::Json;
+use testkit::harness::*;
 
 /// Prometheus 2.42's Accept header (scrape/scrape.go `acceptHeader`; the string is in
 /// /usr/bin/prometheus), which tests/nginx_prometheus.rs also sees in nginx's log.
@@ -458,7 +456,7 @@ fn name_filter_selects_families() {
 }
 
 /// The JSON view parsed by Python's strict `json` (NaN and Infinity refused; when
-/// there is a python3) and by tests/common's parser.
+/// there is a python3) and by testkit's JSON reader (`testkit::json`).
 fn strict_json(body: &str) -> Json {
     let py = ["python3", "/usr/bin/python3"]
         .into_iter()

@@ -7,15 +7,13 @@
 //! The harness's client only sends GETs, so this file has a small POST client of its
 //! own (`send`), which also counts the reads a streamed body arrives in.
 
-mod common;
-
-use common::expo::series_key;
-use common::nginx::free_port;
-use common::*;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use testkit::harness::expo::series_key;
+use testkit::harness::nginx::free_port;
+use testkit::harness::*;
 
 const CHAT: &str = "/v1/chat/completions";
 const EMBEDDINGS: &str = "/v1/embeddings";

@@ -8,10 +8,6 @@
 //! which worker recorded and whether the update was refused, and every refused
 //! update is also logged, so the tests compare counters with answers and log lines.
 
-mod common;
-
-use common::nginx::{alive, children_of, remove_shm, signal, wait_until};
-use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::harness::nginx::{alive, children_of, remove_shm, signal, wait_until};
+use testkit::harness::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -510,7 +508,7 @@ fn binary_upgrade_keeps_every_count() {
     let oldbin = nginx.prefix.join("logs/nginx.pid.oldbin");
     let error_log = nginx.prefix.join("logs/error.log");
     let _ = fs::remove_file(&pid_file);
-    let launched = std::process::Command::new(common::nginx::NGINX)
+    let launched = std::process::Command::new(testkit::harness::nginx::NGINX)
         .args([
             "-p".as_ref(),
             nginx.prefix.as_os_str(),

@@ -1,13 +1,11 @@
-//! Tests of the test harness itself (tests/common): each checker must be able to fail,
+//! Tests of the test harness itself (testkit/src/harness/): each checker must be able to fail,
 //! and the load generator's counts must match what nginx logged. Uses
 //! `nginx-test-conf/harness.conf`, which needs ngx_lua but not libshmetrics.
 
-mod common;
-
-use common::expo::Exposition;
-use common::promtool::PromtoolBatch;
-use common::*;
 use std::time::Duration;
+use testkit::harness::expo::Exposition;
+use testkit::harness::promtool::PromtoolBatch;
+use testkit::harness::*;
 
 const GOOD: &str = "\
 # HELP gateway_requests_total Requests \\\\ through\\n the gateway
@@ -181,7 +179,7 @@ fn load_counts_match_the_access_log() {
             as u64
     };
     // the access log is written in the log phase, after the response
-    common::nginx::wait_until(
+    testkit::harness::nginx::wait_until(
         Duration::from_secs(10),
         || lines("200") + lines("404") == N,
         || format!("{} log lines", lines("200") + lines("404")),
@@ -194,7 +192,11 @@ fn load_counts_match_the_access_log() {
 fn error_log_check_finds_errors_and_honours_the_allow_list() {
     let nginx = Nginx::start("harness", &[]);
     assert_eq!(get(nginx.port, "/error").unwrap().status, 200);
-    common::nginx::wait_until(Duration::from_secs(5), || !nginx.error_lines(&[]).is_empty(), || "no error line".into());
+    testkit::harness::nginx::wait_until(
+        Duration::from_secs(5),
+        || !nginx.error_lines(&[]).is_empty(),
+        || "no error line".into(),
+    );
     let caught = std::panic::catch_unwind(|| nginx.assert_no_errors(&[]));
     assert!(caught.is_err(), "assert_no_errors missed an [error] line");
     nginx.assert_no_errors(&["harness-test-error"]);
@@ -219,9 +221,9 @@ fn reload_kill_and_stop_manage_processes() {
     nginx.assert_no_errors(&["exited on signal 9"]);
     let master = nginx.master_pid();
     nginx.stop();
-    assert!(!common::nginx::alive(master), "master {master} still running");
+    assert!(!testkit::harness::nginx::alive(master), "master {master} still running");
     for pid in third {
-        assert!(!common::nginx::alive(pid), "worker {pid} still running");
+        assert!(!testkit::harness::nginx::alive(pid), "worker {pid} still running");
     }
 }
 

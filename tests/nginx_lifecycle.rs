@@ -1,11 +1,9 @@
 //! Counts across a reload (SIGHUP) and across a worker killed with SIGKILL, under load
 //! and while /metrics is scraped back-to-back.
 
-mod common;
-
-use common::gateway::{self, report_scrapes, totals, COST_PER_REQUEST};
-use common::*;
 use std::time::Duration;
+use testkit::harness::gateway::{self, report_scrapes, totals, COST_PER_REQUEST};
+use testkit::harness::*;
 
 const REQUESTS: u64 = 100_000;
 const CONCURRENCY: usize = 16;

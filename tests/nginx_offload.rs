@@ -4,12 +4,10 @@
 //! parse; a client that leaves mid-body stops its job at once; the thread starts in
 //! the worker at its first scrape, never in the master, and only one.
 
-mod common;
-
-use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use testkit::harness::*;
 
 const SERIES: usize = 20_000;
 const CONCURRENT: usize = 20;

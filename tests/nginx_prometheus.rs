@@ -29,13 +29,11 @@
 //! compared with `extrapolated_rate` (Prometheus's formula) applied to the raw
 //! samples Prometheus stored, fetched at the same evaluation time.
 
-mod common;
-
-use common::nginx::free_port;
-use common::prometheus::*;
-use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use testkit::harness::nginx::free_port;
+use testkit::harness::prometheus::*;
+use testkit::harness::*;
 
 /// Prometheus 2.42's Accept header (see tests/nginx_formats.rs).
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -849,7 +847,7 @@ fn reference_quantiles(
             key.clear();
         }
         let rate = extrapolated_rate(&s.points, t, 300_000).expect("two samples");
-        let bound = common::expo::parse_value(&le).unwrap();
+        let bound = testkit::harness::expo::parse_value(&le).unwrap();
         let e = groups.entry(key).or_default().entry(le).or_insert((bound, 0.0));
         e.1 += rate;
     }

@@ -1,7 +1,7 @@
 //! The sabotage suite: what an adversarial operator can do to the region's file
 //! system and to the way `init` is called, against a real nginx. Each case runs
 //! nginx in a private mount namespace with its own tmpfs on /dev/shm
-//! (`SHM_TMPFS`, see `tests/common/nginx.rs`), so a small or full /dev/shm never
+//! (`SHM_TMPFS`, see `testkit/src/harness/nginx.rs`), so a small or full /dev/shm never
 //! touches the machine's. Every case asserts: no "exited on signal" in
 //! error.log, the master alive (or, for a refused start, a clean exit status),
 //! refusals that say why, every /metrics answer valid for promtool or an error
@@ -9,15 +9,13 @@
 //!
 //! `docs/hostile-input.md` §12 has the table of what each case does now.
 
-mod common;
-
-use common::nginx::{alive, render, signal, wait_until};
-use common::*;
 use shmetrics::layout::Params;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::time::Duration;
+use testkit::harness::nginx::{alive, render, signal, wait_until};
+use testkit::harness::*;
 
 /// The region's path inside the namespace (the template's `REGION_PATH`).
 const REGION: &str = "/dev/shm/shmetrics-sabotage";
@@ -100,7 +98,8 @@ fn errors(exp: &Exposition, reason: &str) -> f64 {
 
 /// Rewrites nginx.conf with `vars` and sends SIGHUP.
 fn reconfigure(nginx: &Nginx, vars: &[(&str, &str)]) {
-    let template = fs::read_to_string(common::nginx::repo_dir().join("nginx-test-conf/sabotage.conf")).unwrap();
+    let template =
+        fs::read_to_string(testkit::harness::nginx::repo_dir().join("nginx-test-conf/sabotage.conf")).unwrap();
     let conf = fs::read_to_string(&nginx.conf).unwrap();
     // Every placeholder but ours has its value in the running config: take them
     // from there by rendering our own, then replacing the parts we change.

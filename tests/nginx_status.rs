@@ -8,8 +8,6 @@
 //! `cargo test --release --test nginx_status -- --ignored demo_screenshot` rewrites
 //! docs/status.png from the demo gateway under varied traffic.
 
-mod common;
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -20,9 +18,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::nginx::{free_port, repo_dir};
-use common::{assert_close, request_once, scrape_until, Exposition, Nginx};
 use serde_json::{json, Value};
+use testkit::harness::nginx::{free_port, repo_dir};
+use testkit::harness::{assert_close, report, request_once, scrape_until, Exposition, Nginx};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CDP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -2,11 +2,9 @@
 //! must be exact, every scraped body valid (own parser + promtool), counters must
 //! never go down, histograms must be consistent in every single scrape.
 
-mod common;
-
-use common::gateway::{self, assert_exact, assert_self_metrics, report_scrapes};
-use common::*;
 use std::time::Duration;
+use testkit::harness::gateway::{self, assert_exact, assert_self_metrics, report_scrapes};
+use testkit::harness::*;
 
 const REQUESTS: u64 = 200_000;
 const CONCURRENCY: usize = 32;

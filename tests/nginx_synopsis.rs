@@ -7,13 +7,11 @@
 //! its test binary, and it holds a lock file so two test runs on one host (two
 //! checkouts, say) do not share it.
 
-mod common;
-
-use common::nginx::{remove_shm, repo_dir};
-use common::*;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
+use testkit::harness::nginx::{remove_shm, repo_dir};
+use testkit::harness::*;
 
 const DEFAULT_REGION: &str = "/dev/shm/shmetrics-gateway";
 const REQUESTS: u64 = 1000;

@@ -1,11 +1,9 @@
 //! Families defined in init_worker_by_lua — once per worker, as nginx-lua-prometheus
 //! users write it — are one family each in the exposition, with exact counts.
 
-mod common;
-
-use common::gateway::{self, assert_exact, assert_self_metrics};
-use common::*;
 use std::time::Duration;
+use testkit::harness::gateway::{self, assert_exact, assert_self_metrics};
+use testkit::harness::*;
 
 const REQUESTS: u64 = 20_000;
 const WORKERS: usize = 4;

@@ -1,14 +1,12 @@
 //! examples/prometheus/ without a server: `promtool check config`, `promtool check
 //! rules`, `promtool test rules` (the rules' unit tests), and the Grafana dashboard's
 //! structure. tests/nginx_prometheus.rs runs the same files in a real Prometheus.
-//! Also the reference PromQL arithmetic and JSON parser of tests/common/prometheus.rs.
+//! Also the reference PromQL arithmetic and JSON parser of testkit/src/harness/prometheus.rs.
 
-mod common;
-
-use common::prometheus::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use testkit::harness::prometheus::*;
 
 /// The seed plan's catalog (shared/seed/README.md) plus what resty.shmetrics.gateway
 /// adds; the dashboard must show every one.

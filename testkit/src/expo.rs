@@ -6,7 +6,7 @@
 //!   integration tests' checks on it ([`Exposition::check_histograms`],
 //!   [`check_monotonic`]). Stricter than promtool 2.42 where promtool is silent: it
 //!   rejects duplicate series, a family whose samples are not contiguous, a missing final
-//!   newline and invalid names; promtool (tests/common/promtool.rs) checks the rest of
+//!   newline and invalid names; promtool (harness/promtool.rs) checks the rest of
 //!   the grammar and lints.
 //! - [`parse_strict`]: exactly what shmetrics' renderer may write, in either format:
 //!   only `# HELP`, `# TYPE`, sample lines and (OpenMetrics, last) `# EOF`; every family

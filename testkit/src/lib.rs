@@ -7,12 +7,13 @@
 //! - [`shm`]: region files of tests (unique names, a second mapping), `copy_tree`
 //! - [`writer`]: the cell writes of Lua's hot path (counter add, gauge set and inc)
 //! - [`fuzz`]: the fuzz target bodies and their oracle
-//!
-//! The nginx, HTTP and Prometheus harness stays in `tests/common/`: only the
-//! integration tests use it.
+//! - `harness` (feature `harness`, on for `tests/`, off for `fuzz/`): the nginx,
+//!   HTTP and Prometheus harness of the integration tests
 
 pub mod expo;
 pub mod fuzz;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod json;
 pub mod model;
 pub mod shm;

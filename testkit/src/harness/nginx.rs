@@ -24,9 +24,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The repository root.
+/// The repository root: the parent of testkit's own directory (`testkit/`). The one
+/// place the harness derives it; every other path (`nginx-test-conf/`, `lua/`,
+/// `target/`, `examples/`) is joined onto it.
 pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let testkit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    testkit.parent().expect("testkit/ sits in the repository root").to_path_buf()
 }
 
 /// The repository's `lua/` directory.
@@ -249,7 +252,7 @@ impl Nginx {
         // (CI clones into mktemp -d).
         fs::copy(&lib_src, prefix.join("lib").join(LIB_NAME))
             .unwrap_or_else(|e| panic!("copy {}: {e}", lib_src.display()));
-        testkit::shm::copy_tree(&lua_dir(), &prefix.join("lua")).unwrap_or_else(|e| panic!("copy lua/: {e}"));
+        crate::shm::copy_tree(&lua_dir(), &prefix.join("lua")).unwrap_or_else(|e| panic!("copy lua/: {e}"));
         let conf = prefix.join("conf").join("nginx.conf");
         fs::write(&conf, &rendered).unwrap();
         remove_shm(&shm_path);

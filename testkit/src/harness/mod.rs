@@ -7,9 +7,12 @@
 //! - `expo`: the exposition reader, from testkit (`testkit::expo`)
 //! - `promtool`: `promtool check metrics`, batched
 //! - `prometheus`: a real Prometheus server, its query API, PromQL reference arithmetic
-#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
+//! - `gateway`: what the `basic` and `worker_init` scenarios record, and the exact checks
+//!
+//! Behind testkit's `harness` feature (the main crate's dev-dependency turns it on),
+//! so that the fuzz targets, which depend on testkit too, do not build it.
 
-pub use testkit::expo;
+pub use crate::expo;
 pub mod gateway;
 pub mod http;
 pub mod nginx;
@@ -22,6 +25,9 @@ pub use http::{get, get_with_headers, load, request_once, Conn, Load, LoadResult
 pub use nginx::Nginx;
 pub use promtool::{promtool_check, promtool_check_all, promtool_lint};
 pub use scrape::{ScrapeLoop, Scrapes};
+// `report!` is exported at testkit's root (`#[macro_export]`); here too, for the
+// tests' `use testkit::harness::*`.
+pub use crate::report;
 
 use std::time::{Duration, Instant};
 

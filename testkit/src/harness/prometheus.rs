@@ -12,6 +12,7 @@
 
 use super::http::get;
 use super::nginx::{die_with_parent, free_port, repo_dir};
+pub use crate::json::Json;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-pub use testkit::json::Json;
 
 pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 pub const PROMTOOL: &str = "/usr/bin/promtool";
@@ -40,7 +40,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Copies the directory tree `from` into `to` (created if needed), or panics.
 pub fn copy_tree(from: &Path, to: &Path) {
-    testkit::shm::copy_tree(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    crate::shm::copy_tree(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }
 
 /// `examples/prometheus/` of this checkout.
