@@ -10,13 +10,13 @@ pub const COST: &str = "model_cost_usd_total";
 pub const INFLIGHT: &str = "gateway_inflight_requests";
 pub const REQUEST_LABELS: &[(&str, &str)] =
     &[("method", "GET"), ("path", "/v1/chat/completions"), ("namespace", "wechat")];
-pub const COST_LABELS: &[(&str, &str)] = &[("model", "gpt-4"), ("namespace", "wechat")];
+const COST_LABELS: &[(&str, &str)] = &[("model", "gpt-4"), ("namespace", "wechat")];
 pub const COST_PER_REQUEST: f64 = 0.0042;
 
 /// Latencies the requests ask to observe (`?v=`), cycled: bucket bounds themselves
 /// (0.005, 0.1, 1: `le` means "less or equal"), values between bounds, one above the
 /// largest bound (only `+Inf` counts it).
-pub const OBSERVED: [&str; 8] = ["0.001", "0.005", "0.0123", "0.1", "0.3", "1", "7.5", "12"];
+const OBSERVED: [&str; 8] = ["0.001", "0.005", "0.0123", "0.1", "0.3", "1", "7.5", "12"];
 
 /// The path of request `i` to `location` (`/hit` or `/logged`).
 pub fn path(location: &str, i: u64) -> String {

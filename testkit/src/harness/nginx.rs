@@ -33,7 +33,7 @@ pub fn repo_dir() -> PathBuf {
 }
 
 /// The repository's `lua/` directory.
-pub fn lua_dir() -> PathBuf {
+fn lua_dir() -> PathBuf {
     repo_dir().join("lua")
 }
 
@@ -44,7 +44,7 @@ pub const LIB_NAME: &str = "libshmetrics.so";
 /// 2. the profile directory of this test binary (`target/<profile>`), which cargo has
 ///    just rebuilt for this very run — so `cargo test` never tests a stale release build;
 /// 3. whichever of `target/release` and `target/debug` has the newer library.
-pub fn lib_dir() -> PathBuf {
+fn lib_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SHMETRICS_LIB_DIR") {
         return PathBuf::from(dir);
     }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub const PROMETHEUS: &str = "/usr/bin/prometheus";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
 pub const PROMTOOL: &str = "/usr/bin/promtool";
 /// Start-up takes 1–2 s; generous for two shared CPUs.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,12 +54,12 @@ pub fn now_ms() -> i64 {
 }
 
 /// A Prometheus timestamp parameter (`time=`), seconds with milliseconds.
-pub fn ts_param(ms: i64) -> String {
+fn ts_param(ms: i64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// Percent-encodes a query-string component (everything but RFC 3986's unreserved).
-pub fn url_encode(s: &str) -> String {
+fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -327,7 +327,7 @@ pub fn stop_child(mut child: Child, sig: i32, name: &str) {
 
 /// GET `path` of a Prometheus-compatible HTTP API on 127.0.0.1:`port` (Prometheus,
 /// VictoriaMetrics); `Ok(data)` when the answer is `"status":"success"`.
-pub fn api_get(port: u16, path: &str) -> Result<Json, String> {
+fn api_get(port: u16, path: &str) -> Result<Json, String> {
     let resp = get(port, path).map_err(|e| format!("GET {path}: {e}"))?;
     let body = String::from_utf8_lossy(&resp.body).into_owned();
     let doc = Json::parse(&body).map_err(|e| format!("GET {path}: status {}, bad JSON ({e}): {body}", resp.status))?;
@@ -509,7 +509,7 @@ pub fn assert_near(what: &str, got: f64, want: f64) {
 // ---------------------------------------------------------------------------
 // The Grafana dashboard of examples/prometheus/grafana/.
 
-pub const DASHBOARD: &str = "grafana/shmetrics-gateway.json";
+const DASHBOARD: &str = "grafana/shmetrics-gateway.json";
 
 /// The dashboard, parsed.
 pub fn dashboard() -> Json {

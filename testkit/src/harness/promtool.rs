@@ -84,13 +84,13 @@ pub struct PromtoolBatch {
 
 impl PromtoolBatch {
     /// A good batch size: promtool takes ~0.1 s per MB.
-    pub const TARGET_BYTES: usize = 8 << 20;
+    pub(crate) const TARGET_BYTES: usize = 8 << 20;
 
     pub fn is_empty(&self) -> bool {
         self.starts.is_empty()
     }
 
-    pub fn len_bytes(&self) -> usize {
+    pub(crate) fn len_bytes(&self) -> usize {
         self.text.len()
     }
 

@@ -26,14 +26,12 @@ pub struct Scrapes {
     pub violations: Vec<String>,
     pub violation_count: usize,
     /// promtool rejections (body number, line, message)
-    pub promtool_errors: Vec<String>,
+    pub(crate) promtool_errors: Vec<String>,
     /// distinct promtool lint warnings (not errors)
-    pub promtool_warnings: BTreeSet<String>,
+    pub(crate) promtool_warnings: BTreeSet<String>,
     pub promtool_runs: usize,
     pub promtool_time: Duration,
     pub elapsed: Duration,
-    pub first_body: Option<String>,
-    pub last_body: Option<String>,
     pub last: Option<Exposition>,
 }
 
@@ -196,10 +194,6 @@ fn scrape_loop(port: u16, path: &str, stop: &AtomicBool) -> Scrapes {
                 prev = Some((n, exp));
             }
         }
-        if s.first_body.is_none() {
-            s.first_body = Some(body.clone());
-        }
-        s.last_body = Some(body);
     }
     s.elapsed = started.elapsed();
     if !batch.is_empty() {
