@@ -1330,11 +1330,9 @@ def window(n, url, scrapers, traffic=True, per_process=False):
         r["gap_ms"] = float(n.get("/monitor?op=read"))
     finally:
         stop.set()
-        r_scrapes = scraper.stop() if scraper else 0.0
+        rate = scraper.stop() if scraper else 0.0
         sampler.join()
-    r["scrapes_per_s"] = r_scrapes
-    r["scrape_errors"] = bool(scraper and scraper.errors)
-    r["rss_peak"] = peak[0]
+    r.update(scrapes_per_s=rate, scrape_errors=bool(scraper and scraper.errors), rss_peak=peak[0])
     return r
 
 
